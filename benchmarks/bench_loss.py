@@ -1,0 +1,136 @@
+"""Forward+backward time and peak memory of our VICRegLoss against the official D×D formulation.
+
+    python benchmarks/bench_loss.py [--device cpu|cuda] [--repeats 3] [--shapes 256x8192 ...]
+
+Both run side by side in this one process on the same inputs; the table prints the ratio
+official / ours (above 1: ours is faster or smaller). Peak memory is the extra memory the
+forward+backward takes over its inputs: CUDA's allocator peak on a GPU, the peak resident set of a
+fresh child process on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vicreg_lightning.loss import VICRegLoss  # noqa: E402
+
+SHAPES = [(256, 8192), (1024, 8192), (2048, 8192), (4096, 2048)]
+
+
+def official_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``facebookresearch/vicreg`` main_vicreg.py, single process: always the D×D covariance."""
+    n, d = x.shape
+    repr_loss = F.mse_loss(x, y)
+    x = x - x.mean(dim=0)
+    y = y - y.mean(dim=0)
+    std_x = torch.sqrt(x.var(dim=0) + 0.0001)
+    std_y = torch.sqrt(y.var(dim=0) + 0.0001)
+    std_loss = torch.mean(F.relu(1 - std_x)) / 2 + torch.mean(F.relu(1 - std_y)) / 2
+    cov_x = (x.T @ x) / (n - 1)
+    cov_y = (y.T @ y) / (n - 1)
+
+    def off_diagonal(m: torch.Tensor) -> torch.Tensor:
+        return m.flatten()[:-1].view(d - 1, d + 1)[:, 1:].flatten()
+
+    cov_loss = off_diagonal(cov_x).pow_(2).sum().div(d) + off_diagonal(cov_y).pow_(2).sum().div(d)
+    return 25.0 * repr_loss + 25.0 * std_loss + 1.0 * cov_loss
+
+
+def ours_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return VICRegLoss()(x, y).loss
+
+
+IMPLEMENTATIONS = {"official": official_loss, "ours": ours_loss}
+
+
+def inputs(n: int, d: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(n, d, generator=g).to(device).requires_grad_()
+    y = torch.randn(n, d, generator=g).to(device).requires_grad_()
+    return x, y
+
+
+def step(fn, x: torch.Tensor, y: torch.Tensor) -> None:
+    x.grad = y.grad = None
+    fn(x, y).backward()
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_one(name: str, n: int, d: int, device: str, repeats: int) -> float:
+    x, y = inputs(n, d, device)
+    fn = IMPLEMENTATIONS[name]
+    step(fn, x, y)  # warm-up
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        step(fn, x, y)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _cpu_peak_child(name: str, n: int, d: int, queue) -> None:
+    x, y = inputs(n, d, "cpu")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step(IMPLEMENTATIONS[name], x, y)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put((after - before) * 1024)  # ru_maxrss is in KiB on Linux
+
+
+def peak_bytes(name: str, n: int, d: int, device: str) -> float:
+    if device == "cuda":
+        x, y = inputs(n, d, device)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step(IMPLEMENTATIONS[name], x, y)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_cpu_peak_child, args=(name, n, d, queue))
+    proc.start()
+    value = queue.get()
+    proc.join()
+    return value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shapes", nargs="*", default=[f"{n}x{d}" for n, d in SHAPES])
+    args = parser.parse_args()
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"VICReg loss forward+backward, float32, {device_name}, torch {torch.__version__}")
+    print(f"{'N':>6} {'D':>6} | {'official s':>10} {'ours s':>8} {'speed-up':>8} | "
+          f"{'official MiB':>12} {'ours MiB':>9} {'mem ratio':>9} | form")
+    for n, d in shapes:
+        t_off = time_one("official", n, d, args.device, args.repeats)
+        t_ours = time_one("ours", n, d, args.device, args.repeats)
+        m_off = peak_bytes("official", n, d, args.device) / 2**20
+        m_ours = peak_bytes("ours", n, d, args.device) / 2**20
+        form = "N×N Gram" if n < d else "D×D"
+        print(f"{n:>6} {d:>6} | {t_off:>10.4f} {t_ours:>8.4f} {t_off / t_ours:>7.1f}x | "
+              f"{m_off:>12.0f} {m_ours:>9.0f} {m_off / max(m_ours, 1e-9):>8.1f}x | {form}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Pretrain an encoder with VICReg: ``python train.py [group=option ...] [key=value ...]``."""
+
+import hydra
+from omegaconf import DictConfig
+
+from vicreg_lightning.cli import exit_on_user_error, user_errors_exit
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    with user_errors_exit():
+        # Config and data are checked before torchvision and Lightning load: bad input fails fast.
+        from vicreg_lightning.config import check_config
+        from vicreg_lightning.data.catalog import inspect_data
+
+        cfg = check_config(cfg)
+        inspect_data(cfg.data)
+        from vicreg_lightning.train import run
+
+        metrics = run(cfg)
+    return metrics.get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

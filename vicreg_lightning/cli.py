@@ -1,0 +1,82 @@
+"""Running an entry point for a person: bad input ends with one line on stderr and exit code 2.
+
+Hydra would print its own multi-line report of a composition error, and a traceback for an error
+raised in the job. :func:`exit_on_user_error` (around the ``@hydra.main`` function) and
+:func:`user_errors_exit` (inside it) print one line instead for the errors that are the user's to
+fix (:class:`~vicreg_lightning.errors.UserError`, a bad override, a missing config option, a
+diverged run). Anything else is a bug and keeps its traceback. ``HYDRA_FULL_ERROR=1`` shows
+tracebacks for everything.
+
+This module imports no torch, torchvision or Lightning, so a bad command line fails in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf.errors import OmegaConfBaseException
+
+from vicreg_lightning.errors import UserError
+
+
+def describe_error(error: BaseException) -> str | None:
+    """One line for an error that is the user's to fix; None for anything else (a bug)."""
+    if isinstance(error, UserError):
+        return str(error)
+    if isinstance(error, MissingConfigException):
+        missing = error.missing_cfg_file or ""
+        if "/" in missing and error.options:
+            group, _, option = missing.rpartition("/")
+            return f"{group}={option}: no such option; choose one of: {', '.join(sorted(error.options))}"
+        return str(error).splitlines()[0]
+    if isinstance(error, (ConfigCompositionException, OverrideParseException)):
+        cause = error.__cause__
+        if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+            reason = str(cause).splitlines()[0]
+            if "not in struct" in reason:
+                return f"unknown config key '{cause.full_key}' (check its spelling; add keys with +key=value)"
+            return f"{cause.full_key}: {reason}"
+        return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return None
+
+
+def _exit_with(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _tracebacks_wanted() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1" and not os.environ.get("_VICREG_SET_FULL_ERROR")
+
+
+def exit_on_user_error(entry: Callable[[], Any]) -> Any:
+    """Call a ``@hydra.main`` function; a composition error (unknown key, missing option, bad
+    override) ends it with one line. ``HYDRA_FULL_ERROR`` makes Hydra re-raise such errors
+    instead of printing its own report, so that they can be told here."""
+    if "HYDRA_FULL_ERROR" not in os.environ:
+        os.environ.update(HYDRA_FULL_ERROR="1", _VICREG_SET_FULL_ERROR="1")
+    try:
+        return entry()
+    except Exception as error:  # noqa: BLE001 - told apart by describe_error
+        message = None if _tracebacks_wanted() else describe_error(error)
+        if message is None:
+            raise
+        _exit_with(message)
+
+
+@contextmanager
+def user_errors_exit() -> Iterator[None]:
+    """Inside the job: a user error ends the process with one line (Hydra would otherwise add
+    "Error executing job with overrides: ..." and a traceback)."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - told apart by describe_error
+        message = None if _tracebacks_wanted() else describe_error(error)
+        if message is None:
+            raise
+        _exit_with(message)

@@ -1,0 +1,237 @@
+"""The config schema of ``train.py`` and its checks.
+
+Hydra composes ``conf/train.yaml``; :func:`check_config` then merges the result into the typed
+schema below (an unknown key or a wrong type fails, naming the key) and checks every value that
+could make a run fail later (naming the key and what it should be). It runs before any data is
+read or any model is built.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from vicreg_lightning.errors import ConfigError
+from vicreg_lightning.loss import WEIGHTINGS
+from vicreg_lightning.models import parse_expander_spec, resnet_names
+from vicreg_lightning.optim import OPTIMIZERS
+
+DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "stl10", "imagenet", "imagefolder")
+# At or below this crop size the ImageNet stem (7x7/2 conv + max-pool) would shrink the image to
+# a few pixels before layer 1, so the backbone uses a 3x3/1 stem unless told otherwise.
+SMALL_IMAGE_SIZE = 64
+
+
+@dataclass
+class ViewConfig:
+    """What differs between the two views (official: blur 1.0/0.1, solarize 0.0/0.2)."""
+
+    blur_prob: float = 1.0
+    solarize_prob: float = 0.0
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentations of both views; official values (BYOL's recipe, ``augmentations.py``)."""
+
+    size: int = 224
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    hflip_prob: float = 0.5
+    jitter_prob: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_prob: float = 0.2
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
+    blur_kernel_size: int = 23
+    solarize_threshold: int = 128
+    view_a: ViewConfig = field(default_factory=ViewConfig)
+    view_b: ViewConfig = field(default_factory=lambda: ViewConfig(blur_prob=0.1, solarize_prob=0.2))
+    # Validation images: resize the short side, then centre-crop to ``size``.
+    val_resize: int = 256
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: str = "data"
+    download: bool = False
+    batch_size: int = 256  # global: split over devices and nodes
+    num_workers: int = -1  # -1: chosen from the CPU count
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    prefetch_factor: int = 2
+    val_fraction: float = 0.2  # digits, and folders without a val split
+    split_seed: int = 0
+    train_dir: str = "train"  # folder data sets: sub-folders of root
+    val_dir: str = "val"
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50"
+    small_stem: Optional[bool] = None  # None: a 3x3 stem when augment.size <= SMALL_IMAGE_SIZE
+    zero_init_residual: bool = True
+    expander: str = "8192-8192-8192"
+
+
+@dataclass
+class LossConfig:
+    sim_coeff: float = 25.0
+    std_coeff: float = 25.0
+    cov_coeff: float = 1.0
+    eps: float = 1e-4
+    weighting: str = "official"
+    gather_distributed: bool = True
+
+
+@dataclass
+class OptimConfig:
+    name: str = "lars"
+    base_lr: float = 0.2  # lr = base_lr * global batch / 256
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    eta: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    exclude_bias_and_norm: bool = True
+    warmup_epochs: float = 10.0
+    end_lr_ratio: float = 0.001
+    probe_lr: float = 0.1
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = "outputs"
+    data_dir: str = "data"
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    callbacks: Optional[dict[str, Any]] = field(default_factory=dict)
+    logger: Optional[dict[str, Any]] = field(default_factory=dict)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    task_name: str = "train"
+    seed: Optional[int] = 0
+    ckpt_path: Optional[str] = None
+    optimized_metric: str = "val/probe_acc1"
+
+
+def check_config(cfg: DictConfig) -> DictConfig:
+    """The composed config merged into the schema, or a :class:`ConfigError` naming the key."""
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
+    except ConfigKeyError as e:
+        raise ConfigError(f"unknown config key '{e.full_key}'{_valid_keys_hint(e.full_key)}") from None
+    except ValidationError as e:
+        raise ConfigError(f"{e.full_key}: {e.msg.splitlines()[0]}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{getattr(e, 'full_key', '') or 'config'}: {str(e).splitlines()[0]}") from None
+    _check_values(typed)
+    if typed.model.small_stem is None:
+        typed.model.small_stem = typed.augment.size <= SMALL_IMAGE_SIZE
+    return typed
+
+
+def _valid_keys_hint(full_key: str) -> str:
+    section, _, _ = full_key.rpartition(".")
+    schema = OmegaConf.structured(TrainConfig)
+    node = OmegaConf.select(schema, section) if section else schema
+    if isinstance(node, DictConfig) and len(node):
+        return f"; valid keys in '{section or '<root>'}': {', '.join(node.keys())}"
+    return ""
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: expected {expected}")
+
+
+def _check_probability(key: str, value: float) -> None:
+    _require(0.0 <= value <= 1.0, key, value, "a probability in [0, 1]")
+
+
+def _check_interval(key: str, value: list[float], low: float, high: float) -> None:
+    _require(
+        len(value) == 2 and low <= value[0] <= value[1] <= high,
+        key, list(value), f"[min, max] with {low} <= min <= max <= {high}",
+    )
+
+
+def _check_values(cfg: DictConfig) -> None:
+    d, a, m, l, o = cfg.data, cfg.augment, cfg.model, cfg.loss, cfg.optim
+    _require(d.name in DATASETS, "data.name", d.name, f"one of {', '.join(DATASETS)}")
+    _require(
+        d.batch_size >= 2, "data.batch_size", d.batch_size,
+        "an integer >= 2 (VICReg's variance and covariance need at least 2 samples per batch)",
+    )
+    _require(d.num_workers >= -1, "data.num_workers", d.num_workers, "-1 (auto) or an integer >= 0")
+    _require(d.prefetch_factor >= 1, "data.prefetch_factor", d.prefetch_factor, "an integer >= 1")
+    _require(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "a fraction in (0, 1)")
+
+    _require(a.size >= 1, "augment.size", a.size, "a crop size in pixels >= 1")
+    _require(a.val_resize >= a.size, "augment.val_resize", a.val_resize, f"an integer >= augment.size ({a.size})")
+    _check_interval("augment.crop_scale", a.crop_scale, 1e-6, 1.0)
+    _check_interval("augment.crop_ratio", a.crop_ratio, 1e-6, float("inf"))
+    _check_interval("augment.blur_sigma", a.blur_sigma, 1e-6, float("inf"))
+    _require(
+        a.blur_kernel_size >= 1 and a.blur_kernel_size % 2 == 1,
+        "augment.blur_kernel_size", a.blur_kernel_size, "an odd integer >= 1",
+    )
+    for key in ("hflip_prob", "jitter_prob", "grayscale_prob", "view_a.blur_prob", "view_a.solarize_prob",
+                "view_b.blur_prob", "view_b.solarize_prob"):
+        _check_probability(f"augment.{key}", OmegaConf.select(a, key))
+    for key in ("brightness", "contrast", "saturation"):
+        _require(a[key] >= 0, f"augment.{key}", a[key], "a jitter strength >= 0")
+    _require(0.0 <= a.hue <= 0.5, "augment.hue", a.hue, "a hue jitter in [0, 0.5]")
+    _require(0 <= a.solarize_threshold <= 256, "augment.solarize_threshold", a.solarize_threshold, "an integer in [0, 256]")
+    _require(len(a.mean) == 3 and len(a.std) == 3 and all(s > 0 for s in a.std),
+             "augment.std", list(a.std), "3 positive per-channel values (with 3 in augment.mean)")
+
+    names = resnet_names()
+    _require(m.backbone in names, "model.backbone", m.backbone, f"a torchvision ResNet: {', '.join(names)}")
+    parse_expander_spec(m.expander)
+
+    for key in ("sim_coeff", "std_coeff", "cov_coeff"):
+        _require(l[key] >= 0, f"loss.{key}", l[key], "a coefficient >= 0")
+    _require(l.sim_coeff + l.std_coeff + l.cov_coeff > 0, "loss.sim_coeff", l.sim_coeff,
+             "at least one of loss.sim_coeff/std_coeff/cov_coeff > 0")
+    _require(l.eps > 0, "loss.eps", l.eps, "a number > 0")
+    _require(l.weighting in WEIGHTINGS, "loss.weighting", l.weighting, f"one of {', '.join(WEIGHTINGS)}")
+
+    _require(o.name in OPTIMIZERS, "optim.name", o.name, f"one of {', '.join(OPTIMIZERS)}")
+    _require(o.base_lr > 0, "optim.base_lr", o.base_lr, "a learning rate > 0")
+    _require(o.probe_lr > 0, "optim.probe_lr", o.probe_lr, "a learning rate > 0")
+    _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
+    _require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "a number in [0, 1)")
+    _require(o.warmup_epochs >= 0, "optim.warmup_epochs", o.warmup_epochs, "a number of epochs >= 0")
+    _require(0 <= o.end_lr_ratio <= 1, "optim.end_lr_ratio", o.end_lr_ratio, "a fraction of the peak lr in [0, 1]")
+
+    max_epochs = cfg.trainer.get("max_epochs")
+    _require(
+        isinstance(max_epochs, int) and not isinstance(max_epochs, bool) and max_epochs >= 1,
+        "trainer.max_epochs", max_epochs, "an integer >= 1",
+    )
+
+
+def check_trainer_arguments(trainer: DictConfig) -> None:
+    """Every ``trainer.*`` key must be a ``lightning.pytorch.Trainer`` argument. (Separate from
+    :func:`check_config`: it imports Lightning, which takes seconds.)"""
+    from lightning.pytorch import Trainer
+
+    accepted = set(inspect.signature(Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
+    for key in trainer:
+        _require(key in accepted, f"trainer.{key}", trainer[key], "a lightning.pytorch.Trainer argument")

@@ -1,0 +1,17 @@
+"""Errors that are the user's to fix. ``train.py`` prints them as one line and exits non-zero."""
+
+
+class UserError(Exception):
+    """Bad input: the message names the value and the fix; no traceback is shown."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config key has a wrong type or an impossible value."""
+
+
+class DataError(UserError):
+    """A data set is missing, empty or unreadable."""
+
+
+class NonFiniteEmbeddingError(UserError, FloatingPointError):
+    """NaN or inf embeddings reached the loss: the run diverged."""

@@ -1,0 +1,145 @@
+"""VICRegModule: backbone → expander → VICReg loss, with an online linear probe."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from vicreg_lightning.data.catalog import UNLABELED
+from vicreg_lightning.errors import NonFiniteEmbeddingError
+from vicreg_lightning.loss import VICRegLoss
+from vicreg_lightning.models import build_backbone, build_expander
+from vicreg_lightning.optim import build_optimizer, scaled_lr, warmup_cosine
+
+
+class VICRegModule(pl.LightningModule):
+    """VICReg pretraining of a ResNet with an online linear probe.
+
+    The probe is a linear layer on the *detached* backbone features, trained with its own
+    cross-entropy in its own parameter group, so it measures the representation without shaping
+    it. The two views go through the backbone in two passes, as in the official code, so that
+    BatchNorm statistics are computed per view.
+
+    Args:
+        model: ``backbone``, ``small_stem``, ``zero_init_residual``, ``expander`` (``conf/model``).
+        loss: keyword arguments of :class:`~vicreg_lightning.loss.VICRegLoss` (``conf/loss``).
+        optim: ``name``, ``base_lr``, ``weight_decay``, ... (``conf/optim``).
+        num_classes: classes of the probe.
+        batch_size: the global batch, for ``lr = base_lr · batch / 256``.
+    """
+
+    def __init__(
+        self,
+        model: Mapping[str, Any],
+        loss: Mapping[str, Any],
+        optim: Mapping[str, Any],
+        num_classes: int,
+        batch_size: int,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone, self.feature_dim = build_backbone(
+            model["backbone"], small_stem=model["small_stem"], zero_init_residual=model["zero_init_residual"]
+        )
+        self.expander = build_expander(self.feature_dim, model["expander"])
+        self.criterion = VICRegLoss(**loss)
+        # BatchNorm without affine parameters standardises the features for the linear layer (as
+        # MAE's linear probe): the probe converges in a few hundred steps whatever their scale.
+        self.probe = nn.Sequential(
+            nn.BatchNorm1d(self.feature_dim, affine=False), nn.Linear(self.feature_dim, num_classes)
+        )
+        top5 = min(5, num_classes)
+        self.train_probe_acc1 = MulticlassAccuracy(num_classes, top_k=1, ignore_index=UNLABELED)
+        self.val_probe_acc1 = MulticlassAccuracy(num_classes, top_k=1, ignore_index=UNLABELED)
+        self.val_probe_acc5 = MulticlassAccuracy(num_classes, top_k=top5, ignore_index=UNLABELED)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Backbone features (the representation that is evaluated and shipped)."""
+        return self.backbone(images)
+
+    def _probe_loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        logits = self.probe(features.detach())
+        labelled = (labels != UNLABELED).sum()
+        # Sum over labelled samples / max(count, 1): a batch with no labels gives 0, not NaN.
+        loss = F.cross_entropy(logits, labels, ignore_index=UNLABELED, reduction="sum") / labelled.clamp(min=1)
+        return logits, loss
+
+    def training_step(self, batch: tuple[tuple[Tensor, Tensor], Tensor], batch_idx: int) -> Tensor:
+        (x_a, x_b), labels = batch
+        f_a, f_b = self.backbone(x_a), self.backbone(x_b)
+        z_a, z_b = self.expander(f_a), self.expander(f_b)
+        try:
+            terms = self.criterion(z_a, z_b)
+        except NonFiniteEmbeddingError as e:
+            raise NonFiniteEmbeddingError(f"epoch {self.current_epoch}, step {self.global_step}: {e}") from None
+
+        logits, probe_loss = self._probe_loss(torch.cat([f_a, f_b]), torch.cat([labels, labels]))
+        probe_acc1 = self.train_probe_acc1(logits, torch.cat([labels, labels]))
+
+        c = self.criterion
+        std = torch.cat([z_a, z_b]).detach().float().std(dim=0)
+        self.log_dict(
+            {
+                "train/loss": terms.loss,
+                "train/invariance": terms.invariance,
+                "train/variance": terms.variance,
+                "train/covariance": terms.covariance,
+                "train/invariance_weighted": c.sim_coeff * terms.invariance,
+                "train/variance_weighted": c.std_coeff * terms.variance,
+                "train/covariance_weighted": c.cov_coeff * terms.covariance,
+                "train/probe_loss": probe_loss,
+                "train/probe_acc1": probe_acc1,
+                "train/embed_std_mean": std.mean(),
+                "train/embed_std_min": std.min(),
+            },
+            on_step=True,
+            on_epoch=False,
+            prog_bar=False,
+        )
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, prog_bar=True)
+        return terms.loss + probe_loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits, probe_loss = self._probe_loss(self.backbone(images), labels)
+        self.val_probe_acc1(logits, labels)
+        self.val_probe_acc5(logits, labels)
+        self.log("val/probe_loss", probe_loss, sync_dist=True)
+        self.log("val/probe_acc1", self.val_probe_acc1, prog_bar=True)
+        self.log("val/probe_acc5", self.val_probe_acc5)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.hparams.optim
+        optimizer = build_optimizer(
+            o["name"],
+            encoder=nn.ModuleList([self.backbone, self.expander]),
+            probe=self.probe,
+            lr=scaled_lr(o["base_lr"], self.hparams.batch_size),
+            probe_lr=o["probe_lr"],
+            weight_decay=o["weight_decay"],
+            momentum=o["momentum"],
+            eta=o["eta"],
+            betas=tuple(o["betas"]),
+            exclude_bias_and_norm=o["exclude_bias_and_norm"],
+        )
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)
+        warmup_steps = round(o["warmup_epochs"] * steps_per_epoch)
+        end_lr_ratio = o["end_lr_ratio"]
+
+        def encoder_factor(step: int) -> float:
+            return warmup_cosine(step, total_steps, warmup_steps, end_lr_ratio)
+
+        def probe_factor(step: int) -> float:
+            # The probe reads detached features: nothing to warm up, so cosine from the first step.
+            return warmup_cosine(step, total_steps, 0, end_lr_ratio)
+
+        factors = [encoder_factor] * (len(optimizer.param_groups) - 1) + [probe_factor]
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,133 @@
+"""Optimisers and the learning-rate schedule of VICReg pretraining.
+
+The encoder (backbone + expander) follows the official recipe: LARS (momentum 0.9, η = 1e-3)
+with biases and normalisation parameters excluded from weight decay and from the trust ratio,
+``lr = base_lr · global_batch / 256``, a linear warmup from 0 and a cosine decay to
+``end_lr_ratio · peak``, stepped every iteration. The online probe gets a group of its own (its
+own lr, no weight decay, no LARS adaptation) so that adding it leaves the encoder's update as is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+OPTIMIZERS: tuple[str, ...] = ("lars", "sgd", "adamw")
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise Adaptive Rate Scaling (You et al., 2017), as in the official VICReg code.
+
+    Weight decay is added to the gradient before the trust ratio ``eta·‖p‖/‖g + wd·p‖``. A
+    parameter group with ``lars_adaptation=False`` skips the trust ratio (biases, BN, the probe).
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        eta: float = 1e-3,
+        lars_adaptation: bool = True,
+    ) -> None:
+        defaults = dict(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_adaptation=lars_adaptation
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                dp = p.grad
+                if group["weight_decay"] != 0:
+                    dp = dp.add(p, alpha=group["weight_decay"])
+                if group["lars_adaptation"]:
+                    param_norm = torch.norm(p)
+                    update_norm = torch.norm(dp)
+                    # Kept on the device (no .item()) to avoid a host sync per parameter.
+                    trust = torch.where(
+                        (param_norm > 0) & (update_norm > 0),
+                        group["eta"] * param_norm / update_norm,
+                        torch.ones_like(param_norm),
+                    )
+                    dp = dp.mul(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buf = state["momentum_buffer"]
+                buf.mul_(group["momentum"]).add_(dp)
+                p.add_(buf, alpha=-group["lr"])
+        return loss
+
+
+def encoder_param_groups(
+    module: nn.Module, weight_decay: float, exclude_bias_and_norm: bool
+) -> list[dict]:
+    """Split parameters into those with weight decay and LARS adaptation and the 1-D ones
+    (biases, BN weights) that the official code exempts from both."""
+    regular, exempt = [], []
+    for p in module.parameters():
+        if not p.requires_grad:
+            continue
+        (exempt if exclude_bias_and_norm and p.ndim == 1 else regular).append(p)
+    groups = [{"params": regular, "weight_decay": weight_decay, "lars_adaptation": True}]
+    if exempt:
+        groups.append({"params": exempt, "weight_decay": 0.0, "lars_adaptation": False})
+    return groups
+
+
+def build_optimizer(
+    name: str,
+    encoder: nn.Module,
+    probe: nn.Module,
+    lr: float,
+    probe_lr: float,
+    weight_decay: float,
+    momentum: float = 0.9,
+    eta: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    exclude_bias_and_norm: bool = True,
+) -> torch.optim.Optimizer:
+    """One optimiser over the encoder groups plus the probe's own group."""
+    groups = encoder_param_groups(encoder, weight_decay, exclude_bias_and_norm)
+    for g in groups:
+        g["lr"] = lr
+    groups.append(
+        {"params": list(probe.parameters()), "lr": probe_lr, "weight_decay": 0.0, "lars_adaptation": False}
+    )
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, eta=eta)
+    # Plain optimisers do not know the LARS flag; drop it so their state dicts stay standard.
+    for g in groups:
+        g.pop("lars_adaptation")
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    raise ValueError(f"optim.name={name!r}: choose one of {', '.join(OPTIMIZERS)}")
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, end_lr_ratio: float) -> float:
+    """The lr multiplier at ``step``: linear from 0 to 1 over ``warmup_steps``, then cosine from
+    1 to ``end_lr_ratio`` at ``total_steps`` (official ``adjust_learning_rate``)."""
+    if step < warmup_steps:
+        return step / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    q = 0.5 * (1 + math.cos(math.pi * min(step - warmup_steps, decay_steps) / decay_steps))
+    return q + end_lr_ratio * (1 - q)
+
+
+def scaled_lr(base_lr: float, global_batch_size: int) -> float:
+    """The linear scaling rule of the official code: ``base_lr · batch / 256``."""
+    return base_lr * global_batch_size / 256
