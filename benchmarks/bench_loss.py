@@ -4,17 +4,18 @@
 
 Both run side by side in this one process on the same inputs; the table prints the ratio
 official / ours (above 1: ours is faster or smaller). Peak memory is the extra memory the
-forward+backward takes over its inputs: CUDA's allocator peak on a GPU, the peak resident set of a
-fresh child process on the CPU.
+forward+backward takes over its inputs: CUDA's allocator peak on a GPU; on the CPU, the growth of a
+fresh child process's resident set, sampled every millisecond.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
+import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -70,26 +71,45 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_one(name: str, n: int, d: int, device: str, repeats: int) -> float:
+def time_both(n: int, d: int, device: str, repeats: int) -> dict[str, float]:
+    """Median seconds per forward+backward of each implementation. The two alternate within each
+    repeat, so that a slow spell of the machine hits both alike."""
     x, y = inputs(n, d, device)
-    fn = IMPLEMENTATIONS[name]
-    step(fn, x, y)  # warm-up
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
+    for fn in IMPLEMENTATIONS.values():
+        step(fn, x, y)  # warm-up
     for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        step(fn, x, y)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in IMPLEMENTATIONS.items():
+            _sync(device)
+            start = time.perf_counter()
+            step(fn, x, y)
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _cpu_peak_child(name: str, n: int, d: int, queue) -> None:
+    """Growth of the resident set over its value before the step, sampled every millisecond
+    (the process's lifetime maximum would be set by importing torch, not by the loss)."""
     x, y = inputs(n, d, "cpu")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base, peak, done = _resident_bytes(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _resident_bytes())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
     step(IMPLEMENTATIONS[name], x, y)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put((after - before) * 1024)  # ru_maxrss is in KiB on Linux
+    done.set()
+    sampler.join()
+    queue.put(max(peak[0], _resident_bytes()) - base)
 
 
 def peak_bytes(name: str, n: int, d: int, device: str) -> float:
@@ -113,7 +133,7 @@ def peak_bytes(name: str, n: int, d: int, device: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--shapes", nargs="*", default=[f"{n}x{d}" for n, d in SHAPES])
     args = parser.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
@@ -123,8 +143,8 @@ def main() -> None:
     print(f"{'N':>6} {'D':>6} | {'official s':>10} {'ours s':>8} {'speed-up':>8} | "
           f"{'official MiB':>12} {'ours MiB':>9} {'mem ratio':>9} | form")
     for n, d in shapes:
-        t_off = time_one("official", n, d, args.device, args.repeats)
-        t_ours = time_one("ours", n, d, args.device, args.repeats)
+        seconds = time_both(n, d, args.device, args.repeats)
+        t_off, t_ours = seconds["official"], seconds["ours"]
         m_off = peak_bytes("official", n, d, args.device) / 2**20
         m_ours = peak_bytes("ours", n, d, args.device) / 2**20
         form = "N×N Gram" if n < d else "D×D"

@@ -8,9 +8,9 @@ from omegaconf import OmegaConf
 
 from tests.fake_data import write_cifar, write_image_folder, write_imagenet, write_stl10
 from vicreg_lightning.config import AugmentConfig, DataConfig
-from vicreg_lightning.data.datamodule import VICRegDataModule
 from vicreg_lightning.data.augment import TwoViews
 from vicreg_lightning.data.catalog import IMG_EXTENSIONS, TORCHVISION_FOLDERS, UNLABELED, inspect_data
+from vicreg_lightning.data.datamodule import VICRegDataModule
 from vicreg_lightning.errors import ConfigError, DataError
 
 
@@ -29,7 +29,7 @@ def check_two_views(dm: VICRegDataModule, size: int, num_classes: int) -> None:
     assert ((labels >= 0) & (labels < num_classes) | (labels == UNLABELED)).all()
     # Two independent draws of the augmentation: the views differ, sample by sample.
     assert not torch.allclose(view_a, view_b)
-    assert all(not torch.equal(a, b) for a, b in zip(view_a, view_b))
+    assert all(not torch.equal(a, b) for a, b in zip(view_a, view_b, strict=True))
     images, val_labels = next(iter(dm.val_dataloader()))
     assert images.shape[1:] == (3, size, size) and val_labels.dtype == torch.int64
     assert dm.num_classes == num_classes == inspect_data(dm.data_cfg)

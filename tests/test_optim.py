@@ -54,7 +54,7 @@ def test_probe_does_not_change_the_encoder_update():
         enc = nn.Linear(4, 8)
         enc.load_state_dict(encoder.state_dict())
         probe = nn.Linear(8, 3)
-        for p, g in zip(enc.parameters(), grads):
+        for p, g in zip(enc.parameters(), grads, strict=True):
             p.grad = g.clone()
         if with_probe_grad:
             for p in probe.parameters():
@@ -62,7 +62,7 @@ def test_probe_does_not_change_the_encoder_update():
         build_optimizer("lars", enc, probe, lr=0.4, probe_lr=0.1, weight_decay=1e-6).step()
         return [p.detach().clone() for p in enc.parameters()]
 
-    for a, b in zip(step(False), step(True)):
+    for a, b in zip(step(False), step(True), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 

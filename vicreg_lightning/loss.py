@@ -82,29 +82,43 @@ def gather_from_all_ranks(x: Tensor) -> Tensor:
     return x
 
 
-def variance_term(z: Tensor, eps: float) -> Tensor:
-    """v(Z): mean over dimensions of relu(1 − sqrt(Var + eps)), unbiased variance."""
-    std = torch.sqrt(z.var(dim=0) + eps)
-    return F.relu(1.0 - std).mean()
+class GramFrobeniusSq(torch.autograd.Function):
+    """‖ZᵀZ‖²_F = ‖ZZᵀ‖²_F through the smaller of the two products, with a one-matmul backward
+    d/dZ = 4·Z(ZᵀZ) = 4·(ZZᵀ)Z (autograd of ``(z.T @ z).square().sum()`` would take two)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor) -> Tensor:  # type: ignore[override]
+        n, d = z.shape
+        product = z @ z.T if n < d else z.T @ z
+        ctx.save_for_backward(z, product)
+        return product.square().sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        z, product = ctx.saved_tensors
+        n, d = z.shape
+        return (4 * grad) * (product @ z if n < d else z @ product)
 
 
-def covariance_term(z: Tensor) -> Tensor:
-    """c(Z): squared off-diagonal entries of the covariance matrix, summed, divided by D.
+def branch_terms(z: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """v(Z) and c(Z) of one branch.
 
-    With N samples of D dimensions the D×D covariance costs O(N·D²). When N < D the same value
-    comes from the N×N Gram matrix, since ‖Z̄ᵀZ̄‖²_F = ‖Z̄Z̄ᵀ‖²_F and the diagonal of Z̄ᵀZ̄ is the
-    column sums of squares: O(N²·D), and no D×D matrix is ever formed.
+    v(Z) is the mean over dimensions of relu(1 − sqrt(Var + eps)), unbiased variance; c(Z) the
+    sum of the squared off-diagonal entries of the covariance matrix, divided by D.
+
+    The off-diagonal sum is ‖Z̄ᵀZ̄‖²_F minus the squared diagonal, and that diagonal is the column
+    sums of squares that the variance needs too. With N samples of D dimensions the D×D matrix
+    costs O(N·D²); when N < D the same Frobenius norm comes from the N×N Gram matrix
+    (‖Z̄ᵀZ̄‖_F = ‖Z̄Z̄ᵀ‖_F): O(N²·D), and no D×D matrix is ever formed.
     """
     n, d = z.shape
     z = z - z.mean(dim=0)
-    if n < d:
-        gram = z @ z.T
-        diagonal = z.square().sum(dim=0)
-        off_diagonal_sq = gram.square().sum() - diagonal.square().sum()
-    else:
-        cov = z.T @ z
-        off_diagonal_sq = cov.square().sum() - cov.diagonal().square().sum()
-    return off_diagonal_sq / ((n - 1) ** 2 * d)
+    column_sq = z.square().sum(dim=0)  # (N − 1)·Var_j, and the diagonal of Z̄ᵀZ̄
+    std = torch.sqrt(column_sq / (n - 1) + eps)
+    variance = F.relu(1.0 - std).mean()
+    off_diagonal_sq = GramFrobeniusSq.apply(z) - column_sq.square().sum()
+    return variance, off_diagonal_sq / ((n - 1) ** 2 * d)
 
 
 class VICRegLoss(nn.Module):
@@ -164,12 +178,19 @@ class VICRegLoss(nn.Module):
                 "2 samples; raise the batch size"
             )
         with torch.autocast(device_type=z_a.device.type, enabled=False):
-            z_a, z_b = _at_least_float32(z_a), _at_least_float32(z_b)
-            var_a, var_b = variance_term(z_a, self.eps), variance_term(z_b, self.eps)
-            variance = (var_a + var_b) / 2 if self.weighting == "official" else var_a + var_b
-            covariance = covariance_term(z_a) + covariance_term(z_b)
+            var_a, cov_a = branch_terms(_at_least_float32(z_a), self.eps)
+            var_b, cov_b = branch_terms(_at_least_float32(z_b), self.eps)
+        variance = (var_a + var_b) / 2 if self.weighting == "official" else var_a + var_b
+        covariance = cov_a + cov_b
 
         loss = self.sim_coeff * invariance + self.std_coeff * variance + self.cov_coeff * covariance
+        # One scalar check (one host sync) instead of scanning the embeddings every step: a NaN
+        # or inf anywhere in them, or an overflow inside the loss, makes the loss non-finite.
+        if not torch.isfinite(loss):
+            raise NonFiniteEmbeddingError(
+                f"non-finite VICReg loss ({_non_finite_source(z_a, z_b)}): training diverged; "
+                "lower optim.base_lr, lengthen optim.warmup_epochs, or use trainer.precision=32-true"
+            )
         return VICRegLossOutput(loss=loss, invariance=invariance, variance=variance, covariance=covariance)
 
 
@@ -186,8 +207,9 @@ def _check_embeddings(z_a: Tensor, z_b: Tensor) -> None:
         raise ValueError(
             f"the two views' embeddings differ in shape: {tuple(z_a.shape)} vs {tuple(z_b.shape)}"
         )
+
+
+def _non_finite_source(z_a: Tensor, z_b: Tensor) -> str:
     if not (torch.isfinite(z_a).all() and torch.isfinite(z_b).all()):
-        raise NonFiniteEmbeddingError(
-            "non-finite (NaN/inf) embeddings reached the VICReg loss: training diverged; "
-            "lower optim.base_lr, lengthen optim.warmup_epochs, or use trainer.precision=32-true"
-        )
+        return "NaN/inf embeddings"
+    return "finite embeddings, but the loss overflowed"

@@ -67,7 +67,7 @@ def build_expander(input_dim: int, spec: str | int) -> nn.Sequential:
     without bias, BN or ReLU, so the embedding is unnormalised (paper §4.2, official code)."""
     widths = [input_dim, *parse_expander_spec(spec)]
     layers: list[nn.Module] = []
-    for in_dim, out_dim in zip(widths[:-2], widths[1:-1]):
+    for in_dim, out_dim in zip(widths[:-2], widths[1:-1], strict=True):
         layers += [nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim), nn.ReLU(inplace=True)]
     layers.append(nn.Linear(widths[-2], widths[-1], bias=False))
     return nn.Sequential(*layers)

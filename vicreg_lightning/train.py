@@ -12,8 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vicreg_lightning.config import check_config, check_trainer_arguments
-from vicreg_lightning.data.datamodule import VICRegDataModule
 from vicreg_lightning.data.catalog import inspect_data
+from vicreg_lightning.data.datamodule import VICRegDataModule
 from vicreg_lightning.errors import ConfigError
 from vicreg_lightning.module import VICRegModule
 
