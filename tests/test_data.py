@@ -150,3 +150,15 @@ def test_inspect_data_refuses_class_folders_without_images(tmp_path):
     data, _ = configs("imagefolder", str(tmp_path))
     with pytest.raises(DataError, match="no images in"):
         inspect_data(data)
+
+
+def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise OSError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", offline)
+    dm = VICRegDataModule(*configs("cifar10", str(tmp_path), download=True))
+    with pytest.raises(DataError, match="downloading into data.root=.* failed .*Network is unreachable"):
+        dm.prepare_data()

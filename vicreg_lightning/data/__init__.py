@@ -1,0 +1,2 @@
+"""Two-view data: data sets (``datasets``), augmentations (``augment``), the DataModule
+(``datamodule``)."""

@@ -1,0 +1,66 @@
+"""What each data set is — classes, on-disk folders — and a quick look that it is there.
+
+No torchvision import here (it takes seconds): the command line checks the data before anything
+heavy loads. tests/test_data.py checks these facts against torchvision's classes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from vicreg_lightning.errors import DataError
+
+UNLABELED = -1  # label of unlabelled samples (STL-10's unlabeled split); the probe ignores them
+NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "stl10": 10, "imagenet": 1000}
+# The folder torchvision's class extracts its archive into (its ``base_folder``).
+TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary"}
+# torchvision.datasets.folder.IMG_EXTENSIONS: the files an ImageFolder reads.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def not_found(name: str, root: str, reason: str) -> str:
+    return (
+        f"data={name}: no readable data set under data.root={root!r} ({reason}); "
+        "set data.download=true to fetch it, or point data.root at a copy"
+    )
+
+
+def split_folder(root: str, split_dir: str) -> Path:
+    folder = Path(root) / split_dir
+    if not folder.is_dir():
+        raise DataError(
+            f"data.root={root!r}: no folder {str(folder)!r}; expected {root}/{split_dir}/<class>/<image> "
+            f"(set data.root, or data.train_dir/data.val_dir)"
+        )
+    return folder
+
+
+def inspect_data(data: Any) -> int:
+    """The number of classes of a ``data`` config's set, after a quick look that it is there
+    (the folder exists and holds an image, or it will be downloaded). Reads no image."""
+    if data.name in TORCHVISION_FOLDERS and not data.download:
+        if not (Path(data.root) / TORCHVISION_FOLDERS[data.name]).is_dir():
+            raise DataError(not_found(data.name, data.root, f"no folder {TORCHVISION_FOLDERS[data.name]}/"))
+    if data.name == "imagenet":
+        split_folder(data.root, "train")
+    if data.name in NUM_CLASSES:
+        return NUM_CLASSES[data.name]
+
+    folder = split_folder(data.root, data.train_dir)
+    classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+    if not classes:
+        raise DataError(f"data.root={data.root!r}: no class folders in {str(folder)!r} (expected {folder}/<class>/<image>)")
+    if not any(_has_image(folder / c) for c in classes):
+        raise DataError(
+            f"data.root={data.root!r}: no images in {str(folder)!r} (its class folders are empty; "
+            f"expected {folder}/<class>/<image>.jpg)"
+        )
+    return len(classes)
+
+
+def _has_image(folder: Path) -> bool:
+    return any(
+        name.lower().endswith(IMG_EXTENSIONS) for _, _, files in os.walk(folder) for name in files
+    )

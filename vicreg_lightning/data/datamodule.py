@@ -1,0 +1,88 @@
+"""The LightningDataModule: two augmented views + label for training, one view for validation."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vicreg_lightning.data.augment import TwoViews, eval_transform
+from vicreg_lightning.data.datasets import Transformed, build_datasets
+from vicreg_lightning.errors import ConfigError, DataError
+
+
+def default_num_workers() -> int:
+    """Workers per rank when ``data.num_workers=-1``: the CPUs this process may use, up to 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, cpus)
+
+
+class VICRegDataModule(pl.LightningDataModule):
+    """Yields ``((view_a, view_b), label)`` batches for training and ``(image, label)`` for
+    validation. ``data.batch_size`` is the global batch: each of the trainer's ranks loads
+    ``batch_size / world_size`` samples per step."""
+
+    def __init__(self, data: Any, augment: Any) -> None:
+        super().__init__()
+        self.data_cfg, self.augment_cfg = data, augment
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.num_classes: int | None = None
+
+    def prepare_data(self) -> None:
+        # Runs once per node, before setup on every rank: the only place that downloads.
+        if self.data_cfg.download:
+            build_datasets(self.data_cfg)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train, val, self.num_classes = build_datasets(self.data_cfg)
+        if len(train) == 0 or len(val) == 0:  # type: ignore[arg-type]
+            raise DataError(f"data={self.data_cfg.name}: the train or validation split is empty")
+        if len(train) < self.per_device_batch_size:  # type: ignore[arg-type]
+            raise ConfigError(
+                f"data.batch_size={self.data_cfg.batch_size}: larger than the {len(train)} training images "  # type: ignore[arg-type]
+                "of one rank's share; lower data.batch_size"
+            )
+        self.train_set = Transformed(train, TwoViews(self.augment_cfg))
+        self.val_set = Transformed(val, eval_transform(self.augment_cfg))
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    @property
+    def per_device_batch_size(self) -> int:
+        batch, world = self.data_cfg.batch_size, self.world_size
+        if batch % world:
+            raise ConfigError(
+                f"data.batch_size={batch}: the global batch must divide evenly over {world} devices; "
+                f"use a multiple of {world}"
+            )
+        return batch // world
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        workers = self.data_cfg.num_workers if self.data_cfg.num_workers >= 0 else default_num_workers()
+        return DataLoader(
+            dataset,
+            batch_size=self.per_device_batch_size,
+            shuffle=train,
+            # A short last batch would change the var/cov normaliser and fail across ranks' gathers.
+            drop_last=train,
+            num_workers=workers,
+            pin_memory=self.data_cfg.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.data_cfg.persistent_workers and workers > 0,
+            prefetch_factor=self.data_cfg.prefetch_factor if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup() first"
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None, "call setup() first"
+        return self._loader(self.val_set, train=False)

@@ -1,0 +1,184 @@
+"""Data sets as uint8 ``(C, H, W)`` image tensors with integer labels.
+
+Each data set comes from its real torchvision class, so ``download=True`` and the on-disk formats
+are torchvision's own. In-memory sets (digits, CIFAR, STL-10) are held as one uint8 tensor; folder
+sets (ImageNet, ImageFolder) decode each file once per access (Pillow), and both
+views are cut from that one decoded image. Unlabelled samples (STL-10's unlabeled split) carry
+label -1, which the online probe ignores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from vicreg_lightning.data.catalog import UNLABELED, not_found, split_folder
+from vicreg_lightning.errors import DataError
+
+
+class TensorImages(Dataset):
+    """Images held in memory as one uint8 tensor ``(N, C, H, W)``."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected uint8 images of shape (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        self.images, self.labels = images, labels.long()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+class Transformed(Dataset):
+    """``(image, label) -> (transform(image), label)`` over any data set."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[Tensor], Any]) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label = self.dataset[index]
+        return self.transform(image), label
+
+
+def read_rgb(path: str) -> Tensor:
+    """Decode an image file to a uint8 RGB ``(3, H, W)`` tensor.
+
+    Pillow decodes (libjpeg-turbo); torchvision.io's decoders would do the same but are
+    deprecated since torchvision 0.29."""
+    with Image.open(path) as image:
+        array = np.array(image.convert("RGB"))
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def _from_hwc(array: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous()
+
+
+def digits(val_fraction: float, split_seed: int) -> tuple[Dataset, Dataset, int]:
+    """scikit-learn's handwritten digits (1,797 8×8 images, 10 classes), seeded stratified split.
+
+    The 17 grey levels (0..16) are scaled to 0..255 and repeated over three channels so that the
+    ImageNet-shaped pipeline (colour jitter, 3-channel stems) applies unchanged.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = torch.from_numpy(np.round(bunch.images * (255 / 16)).astype(np.uint8))
+    images = images[:, None].expand(-1, 3, -1, -1).contiguous()
+    labels = torch.from_numpy(bunch.target)
+    train_idx, val_idx = train_test_split(
+        np.arange(len(labels)), test_size=val_fraction, random_state=split_seed, stratify=bunch.target
+    )
+    train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+    return (
+        TensorImages(images[train_idx], labels[train_idx]),
+        TensorImages(images[val_idx], labels[val_idx]),
+        10,
+    )
+
+
+def _torchvision_set(cls: type, name: str, root: str, download: bool, **kwargs: Any) -> Any:
+    try:
+        return cls(root, download=download, **kwargs)
+    except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
+        raise DataError(not_found(name, root, str(e))) from None
+    except OSError as e:  # the download failed: no network, a proxy, a full disk
+        raise DataError(
+            f"data={name}: downloading into data.root={root!r} failed ({e}); "
+            "check the network, or put the data set there yourself and set data.download=false"
+        ) from None
+
+
+def cifar(name: str, root: str, download: bool) -> tuple[Dataset, Dataset, int]:
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    train = _torchvision_set(cls, name, root, download, train=True)
+    val = _torchvision_set(cls, name, root, download, train=False)
+    return (
+        TensorImages(_from_hwc(train.data), torch.tensor(train.targets)),
+        TensorImages(_from_hwc(val.data), torch.tensor(val.targets)),
+        len(train.classes),
+    )
+
+
+def stl10(root: str, download: bool) -> tuple[Dataset, Dataset, int]:
+    """Pretrain on unlabeled + train (105,000 images), validate on test."""
+    cls = torchvision.datasets.STL10
+    train = _torchvision_set(cls, "stl10", root, download, split="train+unlabeled")
+    val = _torchvision_set(cls, "stl10", root, download, split="test")
+    return (
+        TensorImages(torch.from_numpy(train.data), torch.from_numpy(train.labels)),
+        TensorImages(torch.from_numpy(val.data), torch.from_numpy(val.labels)),
+        len(train.classes),
+    )
+
+
+def image_folder(root: str, split_dir: str) -> torchvision.datasets.ImageFolder:
+    folder = split_folder(root, split_dir)
+    try:
+        return torchvision.datasets.ImageFolder(str(folder), loader=read_rgb)
+    except FileNotFoundError as e:
+        raise DataError(f"data.root={root!r}: no images in {str(folder)!r} ({e})") from None
+
+
+def imagenet(root: str) -> tuple[Dataset, Dataset, int]:
+    """ILSVRC-2012 in torchvision's layout (``train/``, ``val/`` and the devkit or ``meta.bin``).
+    ImageNet cannot be downloaded automatically; torchvision prepares it from the archives."""
+    try:
+        train = torchvision.datasets.ImageNet(root, split="train", loader=read_rgb)
+        val = torchvision.datasets.ImageNet(root, split="val", loader=read_rgb)
+    except (RuntimeError, FileNotFoundError) as e:
+        raise DataError(
+            f"data=imagenet: data.root={root!r} does not hold ImageNet in torchvision's layout ({e}); "
+            "put ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz there"
+        ) from None
+    return train, val, len(train.classes)
+
+
+def folder_with_split(root: str, train_dir: str, val_dir: str, val_fraction: float, split_seed: int
+                      ) -> tuple[Dataset, Dataset, int]:
+    """Any ImageFolder; without a ``val_dir`` folder, a seeded stratified split of ``train_dir``."""
+    train = image_folder(root, train_dir)
+    if (Path(root) / val_dir).is_dir():
+        val = image_folder(root, val_dir)
+        if val.classes != train.classes:
+            raise DataError(
+                f"data.root={root!r}: classes of {val_dir}/ ({len(val.classes)}) differ from {train_dir}/ "
+                f"({len(train.classes)}); give both the same class folders"
+            )
+        return train, val, len(train.classes)
+    from sklearn.model_selection import train_test_split
+    from torch.utils.data import Subset
+
+    train_idx, val_idx = train_test_split(
+        np.arange(len(train)), test_size=val_fraction, random_state=split_seed, stratify=train.targets
+    )
+    return Subset(train, train_idx.tolist()), Subset(train, val_idx.tolist()), len(train.classes)
+
+
+def build_datasets(data: Any) -> tuple[Dataset, Dataset, int]:
+    """``(train, val, num_classes)`` for a ``data`` config section; raises :class:`DataError`."""
+    if data.name == "digits":
+        return digits(data.val_fraction, data.split_seed)
+    if data.name in ("cifar10", "cifar100"):
+        return cifar(data.name, data.root, data.download)
+    if data.name == "stl10":
+        return stl10(data.root, data.download)
+    if data.name == "imagenet":
+        return imagenet(data.root)
+    if data.name == "imagefolder":
+        return folder_with_split(data.root, data.train_dir, data.val_dir, data.val_fraction, data.split_seed)
+    raise DataError(f"data.name={data.name!r}: unknown data set")
