@@ -45,8 +45,9 @@ class VICRegDataModule(pl.LightningDataModule):
             raise DataError(f"data={self.data_cfg.name}: the train or validation split is empty")
         if len(train) < self.per_device_batch_size:  # type: ignore[arg-type]
             raise ConfigError(
-                f"data.batch_size={self.data_cfg.batch_size}: larger than the {len(train)} training images "  # type: ignore[arg-type]
-                "of one rank's share; lower data.batch_size"
+                f"data.batch_size={self.data_cfg.batch_size}: each of the {self.world_size} device(s) would "
+                f"need {self.per_device_batch_size} of the {len(train)} training images per step; "  # type: ignore[arg-type]
+                "lower data.batch_size"
             )
         self.train_set = Transformed(train, TwoViews(self.augment_cfg))
         self.val_set = Transformed(val, eval_transform(self.augment_cfg))
