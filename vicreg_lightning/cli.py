@@ -12,8 +12,10 @@ This module imports no torch, torchvision or Lightning, so a bad command line fa
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -80,3 +82,17 @@ def user_errors_exit() -> Iterator[None]:
         if message is None:
             raise
         _exit_with(message)
+
+
+def log_lightning_through_hydra() -> None:
+    """Lightning attaches a stderr handler of its own to its loggers; under Hydra the job's
+    handlers (console and ``<run dir>/<task>.log``) already receive those records, so each
+    message would be printed twice. Call after Lightning is imported.
+
+    Also silences one deprecation warning that Lightning's own code raises under recent torch
+    (``_pytree``'s ``LeafSpec``): nothing a user can act on."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")

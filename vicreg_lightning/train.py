@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,17 @@ def _refuse_to_overwrite(output_dir: Path, ckpt_path: str | None) -> None:
         )
 
 
+def _check_checkpoint(ckpt_path: str | None) -> None:
+    if ckpt_path is None:
+        return
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path!r}: no such file; pass a checkpoint from <run dir>/checkpoints/")
+    # torch.save writes a zip archive: anything else is truncated or not a checkpoint at all.
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"ckpt_path={ckpt_path!r}: not a readable PyTorch checkpoint (corrupt or truncated)")
+
+
 def write_metrics(path: Path, metrics: dict[str, float]) -> None:
     """Write ``metrics.json`` atomically: a reader never sees a half-written file."""
     tmp = path.with_suffix(".json.tmp")
@@ -55,6 +67,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     check_trainer_arguments(cfg.trainer)
     output_dir = Path(cfg.paths.output_dir)
     _refuse_to_overwrite(output_dir, cfg.ckpt_path)
+    _check_checkpoint(cfg.ckpt_path)
     if cfg.seed is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
