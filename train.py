@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from vicreg_lightning.cli import exit_on_user_error, log_lightning_through_hydra, user_errors_exit
+from vicreg_lightning.cli import exit_on_user_error, quiet_lightning_console, user_errors_exit
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -17,7 +17,7 @@ def main(cfg: DictConfig) -> float | None:
         inspect_data(cfg.data)
         from vicreg_lightning.train import run
 
-        log_lightning_through_hydra()
+        quiet_lightning_console()
         metrics = run(cfg)
     return metrics.get(cfg.optimized_metric)
 

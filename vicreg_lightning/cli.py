@@ -84,7 +84,7 @@ def user_errors_exit() -> Iterator[None]:
         _exit_with(message)
 
 
-def log_lightning_through_hydra() -> None:
+def quiet_lightning_console() -> None:
     """Lightning attaches a stderr handler of its own to its loggers; under Hydra the job's
     handlers (console and ``<run dir>/<task>.log``) already receive those records, so each
     message would be printed twice. Call after Lightning is imported.

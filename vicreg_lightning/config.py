@@ -172,53 +172,53 @@ def _check_interval(key: str, value: list[float], low: float, high: float) -> No
 
 
 def _check_values(cfg: DictConfig) -> None:
-    d, a, m, l, o = cfg.data, cfg.augment, cfg.model, cfg.loss, cfg.optim
-    _require(d.name in DATASETS, "data.name", d.name, f"one of {', '.join(DATASETS)}")
+    data, augment, model, loss, optim = cfg.data, cfg.augment, cfg.model, cfg.loss, cfg.optim
+    _require(data.name in DATASETS, "data.name", data.name, f"one of {', '.join(DATASETS)}")
     _require(
-        d.batch_size >= 2, "data.batch_size", d.batch_size,
+        data.batch_size >= 2, "data.batch_size", data.batch_size,
         "an integer >= 2 (VICReg's variance and covariance need at least 2 samples per batch)",
     )
-    _require(d.num_workers >= -1, "data.num_workers", d.num_workers, "-1 (auto) or an integer >= 0")
-    _require(d.prefetch_factor >= 1, "data.prefetch_factor", d.prefetch_factor, "an integer >= 1")
-    _require(0.0 < d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "a fraction in (0, 1)")
+    _require(data.num_workers >= -1, "data.num_workers", data.num_workers, "-1 (auto) or an integer >= 0")
+    _require(data.prefetch_factor >= 1, "data.prefetch_factor", data.prefetch_factor, "an integer >= 1")
+    _require(0.0 < data.val_fraction < 1.0, "data.val_fraction", data.val_fraction, "a fraction in (0, 1)")
 
-    _require(a.size >= 1, "augment.size", a.size, "a crop size in pixels >= 1")
-    _require(a.val_resize >= a.size, "augment.val_resize", a.val_resize, f"an integer >= augment.size ({a.size})")
-    _check_interval("augment.crop_scale", a.crop_scale, 1e-6, 1.0)
-    _check_interval("augment.crop_ratio", a.crop_ratio, 1e-6, float("inf"))
-    _check_interval("augment.blur_sigma", a.blur_sigma, 1e-6, float("inf"))
+    _require(augment.size >= 1, "augment.size", augment.size, "a crop size in pixels >= 1")
+    _require(augment.val_resize >= augment.size, "augment.val_resize", augment.val_resize, f"an integer >= augment.size ({augment.size})")
+    _check_interval("augment.crop_scale", augment.crop_scale, 1e-6, 1.0)
+    _check_interval("augment.crop_ratio", augment.crop_ratio, 1e-6, float("inf"))
+    _check_interval("augment.blur_sigma", augment.blur_sigma, 1e-6, float("inf"))
     _require(
-        a.blur_kernel_size >= 1 and a.blur_kernel_size % 2 == 1,
-        "augment.blur_kernel_size", a.blur_kernel_size, "an odd integer >= 1",
+        augment.blur_kernel_size >= 1 and augment.blur_kernel_size % 2 == 1,
+        "augment.blur_kernel_size", augment.blur_kernel_size, "an odd integer >= 1",
     )
     for key in ("hflip_prob", "jitter_prob", "grayscale_prob", "view_a.blur_prob", "view_a.solarize_prob",
                 "view_b.blur_prob", "view_b.solarize_prob"):
-        _check_probability(f"augment.{key}", OmegaConf.select(a, key))
+        _check_probability(f"augment.{key}", OmegaConf.select(augment, key))
     for key in ("brightness", "contrast", "saturation"):
-        _require(a[key] >= 0, f"augment.{key}", a[key], "a jitter strength >= 0")
-    _require(0.0 <= a.hue <= 0.5, "augment.hue", a.hue, "a hue jitter in [0, 0.5]")
-    _require(0 <= a.solarize_threshold <= 256, "augment.solarize_threshold", a.solarize_threshold, "an integer in [0, 256]")
-    _require(len(a.mean) == 3 and len(a.std) == 3 and all(s > 0 for s in a.std),
-             "augment.std", list(a.std), "3 positive per-channel values (with 3 in augment.mean)")
+        _require(augment[key] >= 0, f"augment.{key}", augment[key], "a jitter strength >= 0")
+    _require(0.0 <= augment.hue <= 0.5, "augment.hue", augment.hue, "a hue jitter in [0, 0.5]")
+    _require(0 <= augment.solarize_threshold <= 256, "augment.solarize_threshold", augment.solarize_threshold, "an integer in [0, 256]")
+    _require(len(augment.mean) == 3 and len(augment.std) == 3 and all(s > 0 for s in augment.std),
+             "augment.std", list(augment.std), "3 positive per-channel values (with 3 in augment.mean)")
 
     names = resnet_names()
-    _require(m.backbone in names, "model.backbone", m.backbone, f"a torchvision ResNet: {', '.join(names)}")
-    parse_expander_spec(m.expander)
+    _require(model.backbone in names, "model.backbone", model.backbone, f"a torchvision ResNet: {', '.join(names)}")
+    parse_expander_spec(model.expander)
 
     for key in ("sim_coeff", "std_coeff", "cov_coeff"):
-        _require(l[key] >= 0, f"loss.{key}", l[key], "a coefficient >= 0")
-    _require(l.sim_coeff + l.std_coeff + l.cov_coeff > 0, "loss.sim_coeff", l.sim_coeff,
+        _require(loss[key] >= 0, f"loss.{key}", loss[key], "a coefficient >= 0")
+    _require(loss.sim_coeff + loss.std_coeff + loss.cov_coeff > 0, "loss.sim_coeff", loss.sim_coeff,
              "at least one of loss.sim_coeff/std_coeff/cov_coeff > 0")
-    _require(l.eps > 0, "loss.eps", l.eps, "a number > 0")
-    _require(l.weighting in WEIGHTINGS, "loss.weighting", l.weighting, f"one of {', '.join(WEIGHTINGS)}")
+    _require(loss.eps > 0, "loss.eps", loss.eps, "a number > 0")
+    _require(loss.weighting in WEIGHTINGS, "loss.weighting", loss.weighting, f"one of {', '.join(WEIGHTINGS)}")
 
-    _require(o.name in OPTIMIZERS, "optim.name", o.name, f"one of {', '.join(OPTIMIZERS)}")
-    _require(o.base_lr > 0, "optim.base_lr", o.base_lr, "a learning rate > 0")
-    _require(o.probe_lr > 0, "optim.probe_lr", o.probe_lr, "a learning rate > 0")
-    _require(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "a number >= 0")
-    _require(0 <= o.momentum < 1, "optim.momentum", o.momentum, "a number in [0, 1)")
-    _require(o.warmup_epochs >= 0, "optim.warmup_epochs", o.warmup_epochs, "a number of epochs >= 0")
-    _require(0 <= o.end_lr_ratio <= 1, "optim.end_lr_ratio", o.end_lr_ratio, "a fraction of the peak lr in [0, 1]")
+    _require(optim.name in OPTIMIZERS, "optim.name", optim.name, f"one of {', '.join(OPTIMIZERS)}")
+    _require(optim.base_lr > 0, "optim.base_lr", optim.base_lr, "a learning rate > 0")
+    _require(optim.probe_lr > 0, "optim.probe_lr", optim.probe_lr, "a learning rate > 0")
+    _require(optim.weight_decay >= 0, "optim.weight_decay", optim.weight_decay, "a number >= 0")
+    _require(0 <= optim.momentum < 1, "optim.momentum", optim.momentum, "a number in [0, 1)")
+    _require(optim.warmup_epochs >= 0, "optim.warmup_epochs", optim.warmup_epochs, "a number of epochs >= 0")
+    _require(0 <= optim.end_lr_ratio <= 1, "optim.end_lr_ratio", optim.end_lr_ratio, "a fraction of the peak lr in [0, 1]")
 
     max_epochs = cfg.trainer.get("max_epochs")
     _require(

@@ -82,7 +82,6 @@ class VICRegModule(pl.LightningModule):
         logits, probe_loss = self._probe_loss(torch.cat([f_a, f_b]), torch.cat([labels, labels]))
         probe_acc1 = self.train_probe_acc1(logits, torch.cat([labels, labels]))
 
-        c = self.criterion
         std = torch.cat([z_a, z_b]).detach().float().std(dim=0)
         self.log_dict(
             {
@@ -90,9 +89,9 @@ class VICRegModule(pl.LightningModule):
                 "train/invariance": terms.invariance,
                 "train/variance": terms.variance,
                 "train/covariance": terms.covariance,
-                "train/invariance_weighted": c.sim_coeff * terms.invariance,
-                "train/variance_weighted": c.std_coeff * terms.variance,
-                "train/covariance_weighted": c.cov_coeff * terms.covariance,
+                "train/invariance_weighted": self.criterion.sim_coeff * terms.invariance,
+                "train/variance_weighted": self.criterion.std_coeff * terms.variance,
+                "train/covariance_weighted": self.criterion.cov_coeff * terms.covariance,
                 "train/probe_loss": probe_loss,
                 "train/probe_acc1": probe_acc1,
                 "train/embed_std_mean": std.mean(),
@@ -115,23 +114,23 @@ class VICRegModule(pl.LightningModule):
         self.log("val/probe_acc5", self.val_probe_acc5)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        o = self.hparams.optim
+        optim = self.hparams.optim
         optimizer = build_optimizer(
-            o["name"],
+            optim["name"],
             encoder=nn.ModuleList([self.backbone, self.expander]),
             probe=self.probe,
-            lr=scaled_lr(o["base_lr"], self.hparams.batch_size),
-            probe_lr=o["probe_lr"],
-            weight_decay=o["weight_decay"],
-            momentum=o["momentum"],
-            eta=o["eta"],
-            betas=tuple(o["betas"]),
-            exclude_bias_and_norm=o["exclude_bias_and_norm"],
+            lr=scaled_lr(optim["base_lr"], self.hparams.batch_size),
+            probe_lr=optim["probe_lr"],
+            weight_decay=optim["weight_decay"],
+            momentum=optim["momentum"],
+            eta=optim["eta"],
+            betas=tuple(optim["betas"]),
+            exclude_bias_and_norm=optim["exclude_bias_and_norm"],
         )
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)
-        warmup_steps = round(o["warmup_epochs"] * steps_per_epoch)
-        end_lr_ratio = o["end_lr_ratio"]
+        warmup_steps = round(optim["warmup_epochs"] * steps_per_epoch)
+        end_lr_ratio = optim["end_lr_ratio"]
 
         def encoder_factor(step: int) -> float:
             return warmup_cosine(step, total_steps, warmup_steps, end_lr_ratio)

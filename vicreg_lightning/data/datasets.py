@@ -20,7 +20,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vicreg_lightning.data.catalog import UNLABELED, not_found, split_folder
+from vicreg_lightning.data.catalog import not_found, split_folder
 from vicreg_lightning.errors import DataError
 
 
