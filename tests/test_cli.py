@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.fake_data import write_image_folder
 
@@ -46,6 +47,7 @@ BAD_INPUT = [
       "trainer.enable_progress_bar=false"], "non-finite"),
     (["ckpt_path={corrupt}"], "not a readable PyTorch checkpoint"),
     (["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt': no such file"),
+    (["ckpt_path={other_model}"], "different model (backbone.conv1.weight: checkpoint (64, 3, 3, 3), model (64, 3, 7, 7)"),
 ]
 
 
@@ -54,7 +56,9 @@ def test_bad_input_gets_one_clear_line(tmp_path, overrides, names):
     root = empty_image_folder(tmp_path / "empty")
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"half a checkpoint")
-    overrides = [o.format(empty=root, corrupt=corrupt) for o in overrides]
+    other_model = tmp_path / "other_model.ckpt"
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(64, 3, 3, 3)}}, other_model)
+    overrides = [o.format(empty=root, corrupt=corrupt, other_model=other_model) for o in overrides]
     run_dir = tmp_path / "run"
     proc, seconds = train(*overrides, f"hydra.run.dir={run_dir}")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -7,14 +7,10 @@ gradient (1/W too small) or a loss scaled by W (W× too large) fails this test.
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from tests.spawn import run_ranks
 from vicreg_lightning import VICRegLoss
 
 WORLD = 2
@@ -31,22 +27,11 @@ def shards() -> list[tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, port: int, results: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        z_a, z_b = (t.clone().requires_grad_() for t in shards()[rank])
-        out = VICRegLoss()(z_a, z_b)
-        out.loss.backward()
-        results[rank] = (out.loss.item(), z_a.grad.clone(), z_b.grad.clone())
-    finally:
-        dist.destroy_process_group()
+def _rank_loss(rank: int) -> tuple[float, float, float, torch.Tensor, torch.Tensor]:
+    z_a, z_b = (t.clone().requires_grad_() for t in shards()[rank])
+    out = VICRegLoss()(z_a, z_b)
+    out.loss.backward()
+    return out.loss.item(), out.variance.item(), out.covariance.item(), z_a.grad.clone(), z_b.grad.clone()
 
 
 def test_two_rank_loss_and_gradients_equal_single_process():
@@ -56,17 +41,18 @@ def test_two_rank_loss_and_gradients_equal_single_process():
     single = VICRegLoss()(full_a, full_b)
     single.loss.backward()
 
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), results), nprocs=WORLD, join=True)
-        results = dict(results)
+    results = run_ranks(_rank_loss, WORLD)
 
-    # Invariance is local, so the rank losses average to the global loss.
+    # Variance and covariance are computed on the gathered batch: every rank has the global value.
+    # Invariance is local, so the rank losses average (as DDP averages) to the global loss.
+    for rank in range(WORLD):
+        assert results[rank][1] == pytest.approx(single.variance.item(), rel=1e-10)
+        assert results[rank][2] == pytest.approx(single.covariance.item(), rel=1e-10)
     mean_loss = sum(results[r][0] for r in range(WORLD)) / WORLD
     assert mean_loss == pytest.approx(single.loss.item(), rel=1e-10)
     for rank in range(WORLD):
         rows = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)
-        _, grad_a, grad_b = results[rank]
+        *_, grad_a, grad_b = results[rank]
         # DDP averages gradients over ranks: rank gradient / W must be the single-process one.
         torch.testing.assert_close(grad_a / WORLD, full_a.grad[rows], rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(grad_b / WORLD, full_b.grad[rows], rtol=1e-9, atol=1e-12)

@@ -235,12 +235,3 @@ def check_trainer_arguments(trainer: DictConfig) -> None:
     accepted = set(inspect.signature(Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
     for key in trainer:
         _require(key in accepted, f"trainer.{key}", trainer[key], "a lightning.pytorch.Trainer argument")
-    import torch
-
-    on_cpu = trainer.get("accelerator") == "cpu" or (
-        trainer.get("accelerator", "auto") == "auto" and not torch.cuda.is_available()
-    )
-    _require(
-        not (on_cpu and trainer.get("sync_batchnorm")), "trainer.sync_batchnorm", True,
-        "false on CPU: torch's SyncBatchNorm runs on GPUs only",
-    )

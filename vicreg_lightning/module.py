@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vicreg_lightning.data.catalog import UNLABELED
@@ -16,6 +17,7 @@ from vicreg_lightning.errors import NonFiniteEmbeddingError
 from vicreg_lightning.loss import VICRegLoss
 from vicreg_lightning.models import build_backbone, build_expander
 from vicreg_lightning.optim import build_optimizer, scaled_lr, warmup_cosine
+from vicreg_lightning.resume import capture_rng_states, restore_rng_states
 
 
 class VICRegModule(pl.LightningModule):
@@ -58,6 +60,9 @@ class VICRegModule(pl.LightningModule):
         self.train_probe_acc1 = MulticlassAccuracy(num_classes, top_k=1, ignore_index=UNLABELED)
         self.val_probe_acc1 = MulticlassAccuracy(num_classes, top_k=1, ignore_index=UNLABELED)
         self.val_probe_acc5 = MulticlassAccuracy(num_classes, top_k=top5, ignore_index=UNLABELED)
+        # Weighted by each batch's labelled count, and synchronised as metric state, so that the
+        # value is the mean over the whole validation set on any number of ranks.
+        self.val_probe_loss = MeanMetric()
 
     def forward(self, images: Tensor) -> Tensor:
         """Backbone features (the representation that is evaluated and shipped)."""
@@ -109,9 +114,18 @@ class VICRegModule(pl.LightningModule):
         logits, probe_loss = self._probe_loss(self.backbone(images), labels)
         self.val_probe_acc1(logits, labels)
         self.val_probe_acc5(logits, labels)
-        self.log("val/probe_loss", probe_loss, sync_dist=True)
+        self.val_probe_loss(probe_loss, weight=(labels != UNLABELED).sum())
+        self.log("val/probe_loss", self.val_probe_loss)
         self.log("val/probe_acc1", self.val_probe_acc1, prog_bar=True)
         self.log("val/probe_acc5", self.val_probe_acc5)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning saves no RNG state; without it a resumed run augments differently.
+        checkpoint["rng_states"] = capture_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_states" in checkpoint:
+            restore_rng_states(checkpoint["rng_states"])
 
     def configure_optimizers(self) -> dict[str, Any]:
         optim = self.hparams.optim

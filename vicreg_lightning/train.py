@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from vicreg_lightning.config import check_config, check_trainer_arguments
 from vicreg_lightning.data.catalog import inspect_data
 from vicreg_lightning.data.datamodule import VICRegDataModule
+from vicreg_lightning.distributed import SyncBatchNormAnyDevice, one_job_of_many, use_job_command_for_ddp_children
 from vicreg_lightning.errors import ConfigError
 from vicreg_lightning.module import VICRegModule
+from vicreg_lightning.resume import check_checkpoint, resolve_checkpoint
 
 METRICS_FILE = "metrics.json"
+# 128 + SIGTERM, what a shell reports for a process ended by SIGTERM.
+PREEMPTED_EXIT_CODE = 143
 
 
 def _instantiate_all(section: DictConfig | None, key: str) -> list[Any]:
@@ -42,17 +47,6 @@ def _refuse_to_overwrite(output_dir: Path, ckpt_path: str | None) -> None:
         )
 
 
-def _check_checkpoint(ckpt_path: str | None) -> None:
-    if ckpt_path is None:
-        return
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path!r}: no such file; pass a checkpoint from <run dir>/checkpoints/")
-    # torch.save writes a zip archive: anything else is truncated or not a checkpoint at all.
-    if not zipfile.is_zipfile(path):
-        raise ConfigError(f"ckpt_path={ckpt_path!r}: not a readable PyTorch checkpoint (corrupt or truncated)")
-
-
 def write_metrics(path: Path, metrics: dict[str, float]) -> None:
     """Write ``metrics.json`` atomically: a reader never sees a half-written file."""
     tmp = path.with_suffix(".json.tmp")
@@ -67,11 +61,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     check_trainer_arguments(cfg.trainer)
     output_dir = Path(cfg.paths.output_dir)
     _refuse_to_overwrite(output_dir, cfg.ckpt_path)
-    _check_checkpoint(cfg.ckpt_path)
     if cfg.seed is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = VICRegDataModule(cfg.data, cfg.augment)
+    datamodule = VICRegDataModule(cfg.data, cfg.augment, seed=cfg.seed or 0)
     module = VICRegModule(
         model=OmegaConf.to_container(cfg.model),
         loss=OmegaConf.to_container(cfg.loss),
@@ -79,15 +72,42 @@ def run(cfg: DictConfig) -> dict[str, float]:
         num_classes=inspect_data(cfg.data),
         batch_size=cfg.data.batch_size,
     )
+    ckpt_path = resolve_checkpoint(cfg.ckpt_path, output_dir)
+    if ckpt_path is not None:
+        check_checkpoint(ckpt_path, module, cfg.ckpt_path)
+    elif cfg.ckpt_path is not None:
+        print(f"ckpt_path=last: no checkpoint in {output_dir} yet, starting from scratch", file=sys.stderr)
     callbacks = _instantiate_all(cfg.callbacks, "callbacks")
     loggers = _instantiate_all(cfg.logger, "logger")
-    trainer = pl.Trainer(
-        **OmegaConf.to_container(cfg.trainer),
-        callbacks=callbacks,
-        logger=loggers or False,
-        default_root_dir=str(output_dir),
-    )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer_args = OmegaConf.to_container(cfg.trainer)
+    if trainer_args.get("sync_batchnorm"):
+        trainer_args["plugins"] = [*trainer_args.get("plugins", []), SyncBatchNormAnyDevice()]
+    use_job_command_for_ddp_children()
+    with one_job_of_many():
+        trainer = pl.Trainer(
+            **trainer_args, callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir)
+        )
+        metrics = _fit(trainer, module, datamodule, ckpt_path, output_dir)
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_metrics(output_dir / METRICS_FILE, metrics)
+        summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("val/probe_acc1", "val/probe_acc5", "train/loss")
+                            if k in metrics)
+        print(f"Final metrics ({output_dir / METRICS_FILE}): {summary}")
+    return metrics
+
+
+def _fit(
+    trainer: pl.Trainer, module: VICRegModule, datamodule: VICRegDataModule, ckpt_path: Path | None, output_dir: Path
+) -> dict[str, float]:
+    """Train; the final metrics, as every rank sees them (synchronised by Lightning)."""
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        # Exit non-zero: a scheduler, or a sweep, must not take a preempted run for a finished one.
+        print(f"stopped by SIGTERM at step {trainer.global_step}; resume with: hydra.run.dir={output_dir} "
+              "ckpt_path=last", file=sys.stderr)
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     checkpoint = trainer.checkpoint_callback
@@ -95,10 +115,4 @@ def run(cfg: DictConfig) -> dict[str, float]:
         metrics[f"{checkpoint.monitor}_best"] = float(checkpoint.best_model_score)
     metrics["epoch"] = float(trainer.current_epoch)
     metrics["step"] = float(trainer.global_step)
-    if trainer.is_global_zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_metrics(output_dir / METRICS_FILE, metrics)
-        summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("val/probe_acc1", "val/probe_acc5", "train/loss")
-                            if k in metrics)
-        print(f"Final metrics ({output_dir / METRICS_FILE}): {summary}")
     return metrics

@@ -7,7 +7,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vicreg_lightning.data.augment import TwoViews, eval_transform
 from vicreg_lightning.data.datasets import Transformed, build_datasets
@@ -23,11 +24,18 @@ def default_num_workers() -> int:
 class VICRegDataModule(pl.LightningDataModule):
     """Yields ``((view_a, view_b), label)`` batches for training and ``(image, label)`` for
     validation. ``data.batch_size`` is the global batch: each of the trainer's ranks loads
-    ``batch_size / world_size`` samples per step."""
+    ``batch_size / world_size`` samples per step.
 
-    def __init__(self, data: Any, augment: Any) -> None:
+    The training order is a function of ``seed`` and the epoch alone: the ranks of a DDP run split
+    the same shuffled order that a single process walks through, so each step's global batch is
+    the same set of images whatever the number of devices, and a resumed run sees the data a run
+    without interruption would. Validation gives every image to exactly one rank (no padding), so
+    the synchronised probe metrics equal a single process's.
+    """
+
+    def __init__(self, data: Any, augment: Any, seed: int = 0) -> None:
         super().__init__()
-        self.data_cfg, self.augment_cfg = data, augment
+        self.data_cfg, self.augment_cfg, self.seed = data, augment, seed
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.num_classes: int | None = None
@@ -57,6 +65,10 @@ class VICRegDataModule(pl.LightningDataModule):
         return self.trainer.world_size if self.trainer is not None else 1
 
     @property
+    def rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    @property
     def per_device_batch_size(self) -> int:
         batch, world = self.data_cfg.batch_size, self.world_size
         if batch % world:
@@ -68,10 +80,15 @@ class VICRegDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         workers = self.data_cfg.num_workers if self.data_cfg.num_workers >= 0 else default_num_workers()
+        sampler_type = DistributedSampler if train else UnrepeatedDistributedSampler
+        # Lightning keeps a DistributedSampler it is given (and calls set_epoch on it).
+        sampler = sampler_type(
+            dataset, num_replicas=self.world_size, rank=self.rank, shuffle=train, seed=self.seed, drop_last=train
+        )
         return DataLoader(
             dataset,
             batch_size=self.per_device_batch_size,
-            shuffle=train,
+            sampler=sampler,
             # A short last batch would change the var/cov normaliser and fail across ranks' gathers.
             drop_last=train,
             num_workers=workers,

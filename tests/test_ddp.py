@@ -1,0 +1,101 @@
+"""DDP as users run it: ``train.py trainer=ddp`` with 2 CPU processes (gloo), against 1 process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+ONE = ["trainer.accelerator=cpu", "trainer.devices=1"]
+# No random augmentation, so both runs see the same pixels: full-image crops, no jitter, no blur;
+# view b is solarized, so the two views still differ.
+DETERMINISTIC_VIEWS = [
+    "augment.crop_scale=[1.0,1.0]", "augment.crop_ratio=[1.0,1.0]", "augment.jitter_prob=0",
+    "augment.view_a.blur_prob=0", "augment.view_b.blur_prob=0", "augment.view_b.solarize_prob=1.0",
+]
+TINY = [
+    "data.batch_size=32", "model.expander=64-64", "data.num_workers=0", "trainer.enable_progress_bar=false",
+    "trainer.max_epochs=1", "trainer.limit_train_batches=4", "optim.warmup_epochs=0",
+]
+
+
+def train(*overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def finished(proc: subprocess.CompletedProcess, run_dir: Path) -> dict[str, float]:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+
+
+# Float32 sums in another order (two ranks, gloo) after 4 LARS steps: measured ~1e-6.
+TOLERANCE = 1e-4
+
+
+def test_two_devices_train_like_one_on_the_same_global_batch(tmp_path):
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    two_unsynced = tmp_path / "two_unsynced"
+    metrics_one = finished(train(*TINY, *DETERMINISTIC_VIEWS, *ONE, f"hydra.run.dir={one}"), one)
+    metrics_two = finished(train(*TINY, *DETERMINISTIC_VIEWS, *DDP, f"hydra.run.dir={two}"), two)
+
+    assert metrics_two["step"] == metrics_one["step"] == 4
+    difference = max_difference(weights(one), weights(two))
+    assert difference < TOLERANCE, f"devices=2 vs devices=1: max parameter difference {difference:.2e}"
+    # Validation is split over the ranks without padding and the probe metrics are synchronised:
+    # the same numbers as one process on the whole validation set.
+    assert metrics_two["val/probe_acc1"] == pytest.approx(metrics_one["val/probe_acc1"], abs=1e-6)
+    assert metrics_two["val/probe_acc5"] == pytest.approx(metrics_one["val/probe_acc5"], abs=1e-6)
+    assert metrics_two["val/probe_loss"] == pytest.approx(metrics_one["val/probe_loss"], rel=1e-4)
+
+    # The comparison can fail: without SyncBatchNorm each rank normalises with half the batch.
+    finished(train(*TINY, *DETERMINISTIC_VIEWS, *DDP, "trainer.sync_batchnorm=false",
+                   f"hydra.run.dir={two_unsynced}"), two_unsynced)
+    assert max_difference(weights(one), weights(two_unsynced)) > 100 * TOLERANCE
+
+
+def test_ddp_writes_one_run_directory_and_rank_zero_alone_writes_it(tmp_path):
+    run_dir = tmp_path / "runs" / "ddp"
+    finished(train(*TINY, *DDP, f"hydra.run.dir={run_dir}"), run_dir)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp"]
+    assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"last.ckpt", "best-epoch000.ckpt"}
+
+
+def test_ddp_multirun_gives_each_job_one_directory(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = train("-m", *TINY, *DDP, "loss.cov_coeff=1,2", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    for job, coeff in (("0", 1), ("1", 2)):
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["step"] == 4
+        assert f"loss.cov_coeff={coeff}" in (sweep / job / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_a_rank_that_dies_ends_the_job_with_an_error_in_bounded_time(tmp_path):
+    run_dir = tmp_path / "run"
+    start = time.monotonic()
+    proc = train(*TINY, *DDP, "trainer.limit_train_batches=20",
+                 "+callbacks.fail._target_=tests.helpers.FailOnRank", "+callbacks.fail.rank=1",
+                 "+callbacks.fail.step=2", f"hydra.run.dir={run_dir}", timeout=300)
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 120
+    assert not (run_dir / "metrics.json").exists()

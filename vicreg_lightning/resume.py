@@ -1,0 +1,166 @@
+"""Resuming a run exactly, and leaving a checkpoint behind when the run is preempted.
+
+A resumed run must end where the uninterrupted run would: Lightning restores weights, optimiser,
+LR schedule, loop counters and callback state; the data order is a function of seed and epoch
+(``VICRegDataModule``); :func:`capture_rng_states` adds the random number generators of every
+rank, which drive the augmentations.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from vicreg_lightning.errors import ConfigError
+
+LAST_CHECKPOINT = "last"
+# Lightning's SLURM auto-requeue writes these into the run directory on the requeue signal.
+HPC_CHECKPOINT_GLOB = "hpc_ckpt_*.ckpt"
+
+
+def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> Path | None:
+    """The checkpoint to resume from: ``None``, a file, or ``"last"``: the newest of
+    ``<output_dir>/checkpoints/last*.ckpt`` and Lightning's SLURM ``hpc_ckpt_*.ckpt`` — or ``None``
+    (a fresh start) when the run directory has none yet, so that a requeued job, started with the
+    same command line, resumes if and only if there is something to resume."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path != LAST_CHECKPOINT:
+        return Path(ckpt_path)
+    candidates = [*(output_dir / "checkpoints").glob("last*.ckpt"), *output_dir.glob(HPC_CHECKPOINT_GLOB)]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def check_checkpoint(path: Path, module: torch.nn.Module, ckpt_path: str) -> None:
+    """Fail with one line, before training, when ``path`` is missing, corrupt, or written for a
+    different model (names or shapes of the weights differ)."""
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path!r}: no such file; pass a checkpoint from <run dir>/checkpoints/")
+    # torch.save writes a zip archive: anything else is truncated or not a checkpoint at all.
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"ckpt_path={ckpt_path!r}: not a readable PyTorch checkpoint (corrupt or truncated)")
+    try:
+        # weights_only, as Lightning loads it: what this accepts, the resume accepts.
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        saved = {name: tuple(t.shape) for name, t in checkpoint["state_dict"].items()}
+    except Exception as e:  # noqa: BLE001 - any failure to read it is the same answer for the user
+        raise ConfigError(f"ckpt_path={ckpt_path!r}: not a readable vicreg-lightning checkpoint ({e})") from None
+    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    # Shapes that differ say most about which setting differs: they come first.
+    mismatches = [
+        f"{name}: checkpoint {saved[name]}, model {expected[name]}"
+        for name in sorted(saved.keys() & expected.keys())
+        if saved[name] != expected[name]
+    ]
+    mismatches += [f"{name}: not in the checkpoint" for name in sorted(expected.keys() - saved.keys())]
+    mismatches += [f"{name}: not in the model" for name in sorted(saved.keys() - expected.keys())]
+    if mismatches:
+        more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
+        raise ConfigError(
+            f"ckpt_path={ckpt_path!r}: written for a different model ({mismatches[0]}{more}); "
+            "use the model.* settings of the run that wrote it"
+        )
+
+
+def capture_rng_states() -> list[dict[str, Any]]:
+    """The RNG states of every rank (a collective under DDP: all ranks must call it, as they all
+    do when Lightning dumps a checkpoint). Tensors and tuples only, so that the checkpoint still
+    loads with ``weights_only=True``."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached_gaussian),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [state]
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+def restore_rng_states(states: list[dict[str, Any]]) -> None:
+    """Restore this rank's RNG states; a checkpoint from another number of ranks keeps the seeded
+    states (the run continues, but no longer draws exactly what it would have)."""
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if len(states) != world:
+        pl.utilities.rank_zero_warn(
+            f"checkpoint holds RNG states of {len(states)} rank(s), this run has {world}: "
+            "augmentations will not repeat those of an uninterrupted run"
+        )
+        return
+    state = states[rank]
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointOnPreemption(pl.Callback):
+    """Save ``<dirpath>/last.ckpt`` when the run is stopped by SIGTERM (preemption, ``scancel``,
+    ``kill``) or by a scheduler's requeue signal, so that ``ckpt_path=last`` continues from the
+    last finished step.
+
+    Lightning turns SIGTERM into :class:`SIGTERMException` at the end of the current step, on all
+    ranks at once (rank 0's flag is broadcast), so the checkpoint is taken at a step boundary.
+    Other exceptions save nothing: a diverged or crashed run must not replace the last good
+    checkpoint.
+
+    ``requeue_signals`` (default ``SIGUSR2``, which submitit sends ``signal_delay_s`` before the
+    time limit) are handled only where another handler already waits for them (submitit's, which
+    requeues the job and exits): the signal is turned into SIGTERM's clean stop, the checkpoint is
+    saved, and the waiting handler runs afterwards. (Lightning's own SLURM auto-requeue, on
+    SIGUSR1, writes ``hpc_ckpt_*.ckpt``, which ``ckpt_path=last`` finds too.)
+    """
+
+    def __init__(self, dirpath: str, filename: str = "last", requeue_signals: Sequence[str] = ("SIGUSR2",)) -> None:
+        self.path = Path(dirpath) / f"{filename}.ckpt"
+        self.requeue_signals = [signal.Signals[name] for name in requeue_signals]
+        self._replaced: dict[signal.Signals, Any] = {}
+        self._pending: tuple[Any, signal.Signals] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.requeue_signals:
+            waiting = signal.getsignal(signum)
+            if callable(waiting):
+                self._replaced[signum] = waiting
+                signal.signal(signum, self._stop_then_hand_over)
+
+    def _stop_then_hand_over(self, signum: int, frame: Any) -> None:
+        self._pending = (self._replaced[signal.Signals(signum)], signal.Signals(signum))
+        # Lightning's SIGTERM handler stops every rank at the end of this step.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        trainer.save_checkpoint(self.path)
+        pl.utilities.rank_zero_info(f"saved {self.path} at step {trainer.global_step}")
+        if self._pending is not None:
+            handler, signum = self._pending
+            self._pending = None
+            handler(signum, None)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for signum, handler in self._replaced.items():
+            signal.signal(signum, handler)
+        self._replaced.clear()
