@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -26,9 +27,10 @@ TINY = [
 ]
 
 
-def train(*overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+def train(*overrides: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python train.py <overrides>`` in a subprocess, with ``env`` added to the environment."""
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
 
 
 def finished(proc: subprocess.CompletedProcess, run_dir: Path) -> dict[str, float]:
@@ -99,3 +101,12 @@ def test_a_rank_that_dies_ends_the_job_with_an_error_in_bounded_time(tmp_path):
     assert proc.returncode != 0
     assert time.monotonic() - start < 120
     assert not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.skipif(os.environ.get("VICREG_LONG_TESTS") != "1", reason="~9 min on 2 cores: VICREG_LONG_TESTS=1")
+def test_default_digits_run_on_two_devices_matches_one_device(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    metrics_one = finished(train("trainer.enable_progress_bar=false", f"hydra.run.dir={one}"), one)
+    metrics_two = finished(train(*DDP, "trainer.enable_progress_bar=false", f"hydra.run.dir={two}"), two)
+    assert {p.name for p in tmp_path.iterdir()} == {"one", "two"}  # one run directory per run
+    assert abs(metrics_two["val/probe_acc1"] - metrics_one["val/probe_acc1"]) <= 0.02

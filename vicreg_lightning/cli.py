@@ -12,18 +12,20 @@ This module imports no torch, torchvision or Lightning, so a bad command line fa
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
-from vicreg_lightning.errors import UserError
+from vicreg_lightning.errors import JobFailed, UserError
 
 
 def describe_error(error: BaseException) -> str | None:
@@ -71,13 +73,52 @@ def exit_on_user_error(entry: Callable[[], Any]) -> Any:
         _exit_with(message)
 
 
+# What a job leaves in its run directory: the final metrics, or why it failed (``-m`` sweeps).
+METRICS_FILE = "metrics.json"
+FAILURE_FILE = "failure.json"
+
+
+def _sweep_job() -> Any:
+    """This job's Hydra config when it is one job of a ``-m`` sweep, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+def _record_failed_job(job: Any, error: Exception) -> JobFailed:
+    """Write ``failure.json`` into the job's run directory; the error the sweeper is given."""
+    reason = describe_error(error) or f"{type(error).__name__}: {error}"
+    if describe_error(error) is None:  # a bug: its traceback goes to the job's log file
+        logging.getLogger(__name__).exception("job %s failed", job.job.num)
+    record = {"status": "failed", "error": reason, "type": type(error).__name__,
+              "overrides": list(job.overrides.task)}
+    output_dir = Path(job.runtime.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / FAILURE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    message = f"job {job.job.num} ({' '.join(job.overrides.task)}) failed: {reason}"
+    print(f"error: {message}", file=sys.stderr)
+    return JobFailed(message)
+
+
 @contextmanager
 def user_errors_exit() -> Iterator[None]:
     """Inside the job: a user error ends the process with one line (Hydra would otherwise add
-    "Error executing job with overrides: ..." and a traceback)."""
+    "Error executing job with overrides: ..." and a traceback).
+
+    In a ``-m`` sweep a failing job (bad values, a diverged run, a bug) must not end the sweep:
+    it is recorded in ``<job dir>/failure.json`` and raised as :class:`JobFailed`, which Hydra's
+    launcher keeps as the job's result (the Optuna sweeper: a failed trial) while the next jobs
+    run."""
     try:
         yield
     except Exception as error:  # noqa: BLE001 - told apart by describe_error
+        job = _sweep_job()
+        if job is not None:
+            raise _record_failed_job(job, error) from error
         message = None if _tracebacks_wanted() else describe_error(error)
         if message is None:
             raise

@@ -235,3 +235,14 @@ def check_trainer_arguments(trainer: DictConfig) -> None:
     accepted = set(inspect.signature(Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
     for key in trainer:
         _require(key in accepted, f"trainer.{key}", trainer[key], "a lightning.pytorch.Trainer argument")
+
+
+def instantiate_entry(spec: Any, where: str) -> Any:
+    """``hydra.utils.instantiate`` for one ``callbacks.<name>`` / ``logger.<name>`` entry: a
+    constructor that fails is a config error naming the entry."""
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(spec)
+    except Exception as e:  # noqa: BLE001 - any constructor error is a config error here
+        raise ConfigError(f"{where}: cannot instantiate {spec.get('_target_')}: {e}") from None

@@ -15,3 +15,7 @@ class DataError(UserError):
 
 class NonFiniteEmbeddingError(UserError, FloatingPointError):
     """NaN or inf embeddings reached the loss: the run diverged."""
+
+
+class JobFailed(UserError):
+    """A job of a ``-m`` sweep failed: recorded in its run directory; the sweep goes on."""

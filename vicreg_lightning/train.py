@@ -6,37 +6,32 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
-from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from vicreg_lightning.config import check_config, check_trainer_arguments
+from vicreg_lightning.cli import METRICS_FILE
+from vicreg_lightning.config import check_config, check_trainer_arguments, instantiate_entry
 from vicreg_lightning.data.catalog import inspect_data
 from vicreg_lightning.data.datamodule import VICRegDataModule
 from vicreg_lightning.distributed import SyncBatchNormAnyDevice, one_job_of_many, use_job_command_for_ddp_children
 from vicreg_lightning.errors import ConfigError
+from vicreg_lightning.loggers import build_loggers, finish_loggers
 from vicreg_lightning.module import VICRegModule
 from vicreg_lightning.resume import check_checkpoint, resolve_checkpoint
 
-METRICS_FILE = "metrics.json"
 # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM.
 PREEMPTED_EXIT_CODE = 143
 
 
-def _instantiate_all(section: DictConfig | None, key: str) -> list[Any]:
-    """Instantiate every ``_target_`` entry of a ``callbacks``/``logger`` section."""
-    objects = []
+def _instantiate_callbacks(section: DictConfig | None) -> list[pl.Callback]:
+    """Instantiate every ``callbacks.<name>`` entry."""
+    callbacks = []
     for name, spec in (section or {}).items():
-        if spec is None:
-            continue
-        try:
-            objects.append(instantiate(spec))
-        except Exception as e:  # noqa: BLE001 - any constructor error is a config error here
-            raise ConfigError(f"{key}.{name}: cannot instantiate {spec.get('_target_')}: {e}") from None
-    return objects
+        if spec is not None:
+            callbacks.append(instantiate_entry(spec, f"callbacks.{name}"))
+    return callbacks
 
 
 def _refuse_to_overwrite(output_dir: Path, ckpt_path: str | None) -> None:
@@ -77,8 +72,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
         check_checkpoint(ckpt_path, module, cfg.ckpt_path)
     elif cfg.ckpt_path is not None:
         print(f"ckpt_path=last: no checkpoint in {output_dir} yet, starting from scratch", file=sys.stderr)
-    callbacks = _instantiate_all(cfg.callbacks, "callbacks")
-    loggers = _instantiate_all(cfg.logger, "logger")
+    callbacks = _instantiate_callbacks(cfg.callbacks)
+    loggers = build_loggers(cfg.logger, cfg)
     trainer_args = OmegaConf.to_container(cfg.trainer)
     if trainer_args.get("sync_batchnorm"):
         trainer_args["plugins"] = [*trainer_args.get("plugins", []), SyncBatchNormAnyDevice()]
@@ -87,7 +82,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
         trainer = pl.Trainer(
             **trainer_args, callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir)
         )
-        metrics = _fit(trainer, module, datamodule, ckpt_path, output_dir)
+        try:
+            metrics = _fit(trainer, module, datamodule, ckpt_path, output_dir)
+        except BaseException:
+            finish_loggers(loggers, failed=True)
+            raise
+    finish_loggers(loggers)
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_metrics(output_dir / METRICS_FILE, metrics)

@@ -1,0 +1,119 @@
+"""The sweep loop as users drive it: W&B (offline), grid and Optuna sweeps, the sweep summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_ddp import TINY, train
+from tests.wandb_records import read_offline_run
+from vicreg_lightning.sweep_summary import main as sweep_summary
+
+FAST_LOGS = ["trainer.log_every_n_steps=1", "callbacks.representation_health.every_n_steps=2"]
+
+
+OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+
+
+def offline_runs(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(tmp_path_factory) -> Path:
+    sweep = tmp_path_factory.mktemp("grid") / "sweep"
+    proc = train("-m", *TINY, *FAST_LOGS, "logger=wandb", "loss.sim_coeff=10,25", "loss.std_coeff=10,25",
+                 f"hydra.sweep.dir={sweep}", env=OFFLINE)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep
+
+
+def test_grid_sweep_runs_every_combination_each_with_its_own_wandb_run(grid_sweep):
+    jobs = sorted(d for d in grid_sweep.iterdir() if d.is_dir())
+    assert [d.name for d in jobs] == ["0", "1", "2", "3"]
+    seen = set()
+    for job in jobs:
+        [run_file] = offline_runs(job)
+        run = read_offline_run(run_file)
+        sim, std = run.config["loss"]["sim_coeff"], run.config["loss"]["std_coeff"]
+        seen.add((sim, std))
+        # The whole composed config, the sweep as group, the job's overrides as tags.
+        assert run.config["data"]["batch_size"] == 32 and run.config["optim"]["name"] == "lars"
+        assert run.group == grid_sweep.name
+        assert f"loss.sim_coeff={sim:g}" in run.tags and f"loss.std_coeff={std:g}" in run.tags
+        # Every VICReg term, weighted and not, the probe, lr, throughput, health.
+        for key in ("train/loss", "train/invariance", "train/variance_weighted", "train/covariance", "lr",
+                    "train/samples_per_s", "train/epoch_time_s", "val/probe_acc1", "val/probe_acc5",
+                    "health/embed_rankme", "health/feat_rankme", "health/embed_std_min"):
+            assert run.logged(key), f"{key} not logged to W&B in job {job.name}"
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert run.logged("val/probe_acc1")[-1] == pytest.approx(metrics["val/probe_acc1"])
+        assert (job / "wandb_run_id.txt").read_text().strip() == run.run_id
+    assert seen == {(10, 10), (10, 25), (25, 10), (25, 25)}
+
+
+def test_sweep_summary_ranks_the_jobs_and_plots_each_swept_coefficient(grid_sweep, tmp_path, capsys):
+    assert sweep_summary([str(grid_sweep), "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"finished"}
+    objectives = [float(r["val/probe_acc1"]) for r in rows]
+    assert objectives == sorted(objectives, reverse=True)
+    assert {(r["loss.sim_coeff"], r["loss.std_coeff"]) for r in rows} == {("10", "10"), ("10", "25"), ("25", "10"),
+                                                                          ("25", "25")}
+    for row in rows:
+        saved = json.loads((grid_sweep / row["job"] / "metrics.json").read_text())
+        assert float(row["val/probe_acc1"]) == pytest.approx(saved["val/probe_acc1"])
+    assert "| rank | job | status | loss.sim_coeff | loss.std_coeff |" in (tmp_path / "summary.md").read_text()
+    for key in ("loss.sim_coeff", "loss.std_coeff"):
+        assert (tmp_path / f"objective_vs_{key}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_optuna_search_reports_the_best_coefficients_and_survives_a_diverged_trial(tmp_path):
+    sweep = tmp_path / "optuna"
+    # Seed 1 draws optim.base_lr=1e30 (a certain NaN) for trial 1 of 3, and 0.3 for the others.
+    proc = train("hparams_search=vicreg_optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.seed=1",
+                 "optim.base_lr=choice(0.3,1e30)", *TINY, "trainer.log_every_n_steps=1",
+                 f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    failure = json.loads((sweep / "1" / "failure.json").read_text())
+    assert failure["status"] == "failed" and "non-finite" in failure["error"]
+    assert "optim.base_lr=1e+30" in failure["overrides"]
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    finished = {job: json.loads((sweep / job / "metrics.json").read_text())["val/probe_acc1"] for job in ("0", "2")}
+    assert result["best_value"] == pytest.approx(max(finished.values()))
+    assert set(result["best_params"]) == {"loss.sim_coeff", "loss.std_coeff", "loss.cov_coeff", "optim.base_lr"}
+    assert result["best_params"]["optim.base_lr"] == 0.3
+
+    assert sweep_summary([str(sweep)]) == 0
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [r["status"] for r in rows] == ["finished", "finished", "failed"]
+    assert "non-finite" in rows[-1]["error"] and math.isnan(float(rows[-1]["val/probe_acc1"] or "nan"))
+
+
+def test_wandb_at_an_unreachable_server_warns_and_training_finishes(tmp_path):
+    run_dir = tmp_path / "run"
+    unreachable = {"WANDB_MODE": "online", "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
+    proc = train(*TINY, "logger=wandb", "logger.wandb.init_timeout=10", f"hydra.run.dir={run_dir}",
+                 env=unreachable)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "W&B could not start" in proc.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 4
+    assert (run_dir / "csv" / "metrics.csv").exists()  # local logging went on
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
+    run_dir = tmp_path / "run"
+    two_epochs = [*TINY, "trainer.max_epochs=2", "logger=wandb", f"hydra.run.dir={run_dir}"]
+    first = train(*two_epochs, "+callbacks.stop._target_=tests.helpers.StopAfterEpoch", "+callbacks.stop.epoch=1",
+                  env=OFFLINE)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "wandb sync" in first.stdout
+    second = train(*two_epochs, "ckpt_path=last", env=OFFLINE)
+    assert second.returncode == 0, second.stderr[-3000:]
+    runs = [read_offline_run(path) for path in offline_runs(run_dir)]
+    assert len(runs) == 2 and runs[0].run_id == runs[1].run_id

@@ -1,0 +1,173 @@
+"""Summarise a ``-m`` sweep: ``python -m vicreg_lightning.sweep_summary <multirun dir> [--out DIR]``.
+
+Writes ``summary.csv`` and ``summary.md`` (one row per job: its swept values, status, objective
+and main final metrics, best first; failed jobs with their reason) and one PNG per swept numeric
+key, ``objective_vs_<key>.png``. Reads only what the jobs left in their run directories
+(``.hydra/``, ``metrics.json``, ``failure.json``), so it works during a sweep, after one, and on
+the sweeps of any launcher.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from vicreg_lightning.cli import FAILURE_FILE, METRICS_FILE
+from vicreg_lightning.errors import UserError
+
+# Shown next to the objective when the jobs report them.
+REPORTED_METRICS = ("val/probe_acc1", "health/embed_rankme", "train/loss", "epoch")
+
+
+@dataclass
+class Job:
+    """What one job of the sweep left behind."""
+
+    name: str
+    overrides: dict[str, str]
+    objective_name: str
+    status: str  # finished, failed, or incomplete (still running, or killed)
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def objective(self) -> float:
+        return self.metrics.get(self.objective_name, math.nan)
+
+
+def read_job(job_dir: Path) -> Job:
+    overrides = OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")
+    pairs = dict(item.split("=", 1) for item in overrides if "=" in item)
+    config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
+    job = Job(job_dir.name, pairs, str(config.get("optimized_metric", "val/probe_acc1")), "incomplete")
+    if (job_dir / METRICS_FILE).exists():
+        job.status, job.metrics = "finished", json.loads((job_dir / METRICS_FILE).read_text())
+    elif (job_dir / FAILURE_FILE).exists():
+        job.status, job.error = "failed", json.loads((job_dir / FAILURE_FILE).read_text())["error"]
+    return job
+
+
+def read_sweep(sweep_dir: Path) -> list[Job]:
+    if not sweep_dir.is_dir():
+        raise UserError(f"{str(sweep_dir)!r}: no such directory; pass a multirun directory (outputs/<task>/multiruns/...)")
+    job_dirs = [d for d in sweep_dir.iterdir() if (d / ".hydra" / "overrides.yaml").exists()]
+    if not job_dirs:
+        raise UserError(f"{str(sweep_dir)!r} holds no jobs (no <job>/.hydra/overrides.yaml); is it a multirun directory?")
+    return [read_job(d) for d in sorted(job_dirs, key=lambda d: (len(d.name), d.name))]
+
+
+def swept_keys(jobs: list[Job]) -> list[str]:
+    """The override keys whose values differ between jobs, in command-line order."""
+    keys = dict.fromkeys(key for job in jobs for key in job.overrides)
+    return [key for key in keys if len({job.overrides.get(key) for job in jobs}) > 1]
+
+
+def ranked(jobs: list[Job]) -> list[Job]:
+    """Best objective first (all objectives here are to be maximised); jobs without one last."""
+    return sorted(jobs, key=lambda job: (math.isnan(job.objective), -job.objective if not math.isnan(job.objective)
+                                         else 0.0))
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def table(jobs: list[Job]) -> tuple[list[str], list[list[Any]]]:
+    keys = swept_keys(jobs)
+    objective = jobs[0].objective_name
+    reported = [m for m in REPORTED_METRICS if m != objective and any(m in job.metrics for job in jobs)]
+    header = ["rank", "job", "status", *keys, objective, *reported, "error"]
+    rows = []
+    for rank, job in enumerate(ranked(jobs), start=1):
+        values = [job.metrics.get(m, math.nan) for m in (objective, *reported)]
+        rows.append([rank, job.name, job.status, *(job.overrides.get(k, "") for k in keys), *values, job.error])
+    return header, rows
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def write_summary(jobs: list[Job], out_dir: Path) -> list[Path]:
+    """Write the CSV, the Markdown table and the plots; return their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header, rows = table(jobs)
+    csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
+    with csv_path.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    finished = sum(job.status == "finished" for job in jobs)
+    md_path.write_text(f"# Sweep summary\n\n{finished} of {len(jobs)} jobs finished; ranked by "
+                       f"`{jobs[0].objective_name}` (best first).\n\n" + "\n".join(lines) + "\n")
+    return [csv_path, md_path, *plot_objective(jobs, out_dir)]
+
+
+def plot_objective(jobs: list[Job], out_dir: Path) -> list[Path]:
+    """One scatter plot of the objective against each swept numeric key (log axis when the
+    values span more than a decade); failed jobs are marked on the bottom edge."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    objective = jobs[0].objective_name
+    for key in swept_keys(jobs):
+        points = [(_number(job.overrides.get(key)), job) for job in jobs]
+        if any(x is None for x, _ in points):
+            continue  # not numeric (e.g. model=resnet18,resnet50): the table shows it
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        done = [(x, job.objective) for x, job in points if not math.isnan(job.objective)]
+        failed = [x for x, job in points if math.isnan(job.objective)]
+        if done:
+            ax.scatter([x for x, _ in done], [y for _, y in done], color="tab:blue", label="finished")
+        if failed:
+            ax.scatter(failed, [0.0] * len(failed), transform=ax.get_xaxis_transform(), marker="x",
+                       color="tab:red", clip_on=False, label="failed")
+        xs = [x for x, _ in points]
+        if min(xs) > 0 and max(xs) / min(xs) > 10:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(objective)
+        ax.set_title(f"{objective} vs {key}")
+        ax.legend(loc="best", fontsize="small")
+        fig.tight_layout()
+        path = out_dir / f"objective_vs_{key.replace('/', '_')}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun directory (outputs/<task>/multiruns/<time>)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep directory)")
+    args = parser.parse_args(argv)
+    try:
+        jobs = read_sweep(args.sweep_dir)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    paths = write_summary(jobs, args.out or args.sweep_dir)
+    print((args.out or args.sweep_dir).joinpath("summary.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
