@@ -155,17 +155,17 @@ def _valid_keys_hint(full_key: str) -> str:
     return ""
 
 
-def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+def require_value(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r}: expected {expected}")
 
 
 def _check_probability(key: str, value: float) -> None:
-    _require(0.0 <= value <= 1.0, key, value, "a probability in [0, 1]")
+    require_value(0.0 <= value <= 1.0, key, value, "a probability in [0, 1]")
 
 
 def _check_interval(key: str, value: list[float], low: float, high: float) -> None:
-    _require(
+    require_value(
         len(value) == 2 and low <= value[0] <= value[1] <= high,
         key, list(value), f"[min, max] with {low} <= min <= max <= {high}",
     )
@@ -173,21 +173,21 @@ def _check_interval(key: str, value: list[float], low: float, high: float) -> No
 
 def _check_values(cfg: DictConfig) -> None:
     data, augment, model, loss, optim = cfg.data, cfg.augment, cfg.model, cfg.loss, cfg.optim
-    _require(data.name in DATASETS, "data.name", data.name, f"one of {', '.join(DATASETS)}")
-    _require(
+    require_value(data.name in DATASETS, "data.name", data.name, f"one of {', '.join(DATASETS)}")
+    require_value(
         data.batch_size >= 2, "data.batch_size", data.batch_size,
         "an integer >= 2 (VICReg's variance and covariance need at least 2 samples per batch)",
     )
-    _require(data.num_workers >= -1, "data.num_workers", data.num_workers, "-1 (auto) or an integer >= 0")
-    _require(data.prefetch_factor >= 1, "data.prefetch_factor", data.prefetch_factor, "an integer >= 1")
-    _require(0.0 < data.val_fraction < 1.0, "data.val_fraction", data.val_fraction, "a fraction in (0, 1)")
+    require_value(data.num_workers >= -1, "data.num_workers", data.num_workers, "-1 (auto) or an integer >= 0")
+    require_value(data.prefetch_factor >= 1, "data.prefetch_factor", data.prefetch_factor, "an integer >= 1")
+    require_value(0.0 < data.val_fraction < 1.0, "data.val_fraction", data.val_fraction, "a fraction in (0, 1)")
 
-    _require(augment.size >= 1, "augment.size", augment.size, "a crop size in pixels >= 1")
-    _require(augment.val_resize >= augment.size, "augment.val_resize", augment.val_resize, f"an integer >= augment.size ({augment.size})")
+    require_value(augment.size >= 1, "augment.size", augment.size, "a crop size in pixels >= 1")
+    require_value(augment.val_resize >= augment.size, "augment.val_resize", augment.val_resize, f"an integer >= augment.size ({augment.size})")
     _check_interval("augment.crop_scale", augment.crop_scale, 1e-6, 1.0)
     _check_interval("augment.crop_ratio", augment.crop_ratio, 1e-6, float("inf"))
     _check_interval("augment.blur_sigma", augment.blur_sigma, 1e-6, float("inf"))
-    _require(
+    require_value(
         augment.blur_kernel_size >= 1 and augment.blur_kernel_size % 2 == 1,
         "augment.blur_kernel_size", augment.blur_kernel_size, "an odd integer >= 1",
     )
@@ -195,33 +195,33 @@ def _check_values(cfg: DictConfig) -> None:
                 "view_b.blur_prob", "view_b.solarize_prob"):
         _check_probability(f"augment.{key}", OmegaConf.select(augment, key))
     for key in ("brightness", "contrast", "saturation"):
-        _require(augment[key] >= 0, f"augment.{key}", augment[key], "a jitter strength >= 0")
-    _require(0.0 <= augment.hue <= 0.5, "augment.hue", augment.hue, "a hue jitter in [0, 0.5]")
-    _require(0 <= augment.solarize_threshold <= 256, "augment.solarize_threshold", augment.solarize_threshold, "an integer in [0, 256]")
-    _require(len(augment.mean) == 3 and len(augment.std) == 3 and all(s > 0 for s in augment.std),
+        require_value(augment[key] >= 0, f"augment.{key}", augment[key], "a jitter strength >= 0")
+    require_value(0.0 <= augment.hue <= 0.5, "augment.hue", augment.hue, "a hue jitter in [0, 0.5]")
+    require_value(0 <= augment.solarize_threshold <= 256, "augment.solarize_threshold", augment.solarize_threshold, "an integer in [0, 256]")
+    require_value(len(augment.mean) == 3 and len(augment.std) == 3 and all(s > 0 for s in augment.std),
              "augment.std", list(augment.std), "3 positive per-channel values (with 3 in augment.mean)")
 
     names = resnet_names()
-    _require(model.backbone in names, "model.backbone", model.backbone, f"a torchvision ResNet: {', '.join(names)}")
+    require_value(model.backbone in names, "model.backbone", model.backbone, f"a torchvision ResNet: {', '.join(names)}")
     parse_expander_spec(model.expander)
 
     for key in ("sim_coeff", "std_coeff", "cov_coeff"):
-        _require(loss[key] >= 0, f"loss.{key}", loss[key], "a coefficient >= 0")
-    _require(loss.sim_coeff + loss.std_coeff + loss.cov_coeff > 0, "loss.sim_coeff", loss.sim_coeff,
+        require_value(loss[key] >= 0, f"loss.{key}", loss[key], "a coefficient >= 0")
+    require_value(loss.sim_coeff + loss.std_coeff + loss.cov_coeff > 0, "loss.sim_coeff", loss.sim_coeff,
              "at least one of loss.sim_coeff/std_coeff/cov_coeff > 0")
-    _require(loss.eps > 0, "loss.eps", loss.eps, "a number > 0")
-    _require(loss.weighting in WEIGHTINGS, "loss.weighting", loss.weighting, f"one of {', '.join(WEIGHTINGS)}")
+    require_value(loss.eps > 0, "loss.eps", loss.eps, "a number > 0")
+    require_value(loss.weighting in WEIGHTINGS, "loss.weighting", loss.weighting, f"one of {', '.join(WEIGHTINGS)}")
 
-    _require(optim.name in OPTIMIZERS, "optim.name", optim.name, f"one of {', '.join(OPTIMIZERS)}")
-    _require(optim.base_lr > 0, "optim.base_lr", optim.base_lr, "a learning rate > 0")
-    _require(optim.probe_lr > 0, "optim.probe_lr", optim.probe_lr, "a learning rate > 0")
-    _require(optim.weight_decay >= 0, "optim.weight_decay", optim.weight_decay, "a number >= 0")
-    _require(0 <= optim.momentum < 1, "optim.momentum", optim.momentum, "a number in [0, 1)")
-    _require(optim.warmup_epochs >= 0, "optim.warmup_epochs", optim.warmup_epochs, "a number of epochs >= 0")
-    _require(0 <= optim.end_lr_ratio <= 1, "optim.end_lr_ratio", optim.end_lr_ratio, "a fraction of the peak lr in [0, 1]")
+    require_value(optim.name in OPTIMIZERS, "optim.name", optim.name, f"one of {', '.join(OPTIMIZERS)}")
+    require_value(optim.base_lr > 0, "optim.base_lr", optim.base_lr, "a learning rate > 0")
+    require_value(optim.probe_lr > 0, "optim.probe_lr", optim.probe_lr, "a learning rate > 0")
+    require_value(optim.weight_decay >= 0, "optim.weight_decay", optim.weight_decay, "a number >= 0")
+    require_value(0 <= optim.momentum < 1, "optim.momentum", optim.momentum, "a number in [0, 1)")
+    require_value(optim.warmup_epochs >= 0, "optim.warmup_epochs", optim.warmup_epochs, "a number of epochs >= 0")
+    require_value(0 <= optim.end_lr_ratio <= 1, "optim.end_lr_ratio", optim.end_lr_ratio, "a fraction of the peak lr in [0, 1]")
 
     max_epochs = cfg.trainer.get("max_epochs")
-    _require(
+    require_value(
         isinstance(max_epochs, int) and not isinstance(max_epochs, bool) and max_epochs >= 1,
         "trainer.max_epochs", max_epochs, "an integer >= 1",
     )
@@ -234,7 +234,7 @@ def check_trainer_arguments(trainer: DictConfig) -> None:
 
     accepted = set(inspect.signature(Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
     for key in trainer:
-        _require(key in accepted, f"trainer.{key}", trainer[key], "a lightning.pytorch.Trainer argument")
+        require_value(key in accepted, f"trainer.{key}", trainer[key], "a lightning.pytorch.Trainer argument")
 
 
 def instantiate_entry(spec: Any, where: str) -> Any:

@@ -119,10 +119,8 @@ def write_summary(jobs: list[Job], out_dir: Path) -> list[Path]:
 def plot_objective(jobs: list[Job], out_dir: Path) -> list[Path]:
     """One scatter plot of the objective against each swept numeric key (log axis when the
     values span more than a decade); failed jobs are marked on the bottom edge."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure without pyplot: no global backend switch, so it draws the same in a notebook.
+    from matplotlib.figure import Figure
 
     paths = []
     objective = jobs[0].objective_name
@@ -130,7 +128,8 @@ def plot_objective(jobs: list[Job], out_dir: Path) -> list[Path]:
         points = [(_number(job.overrides.get(key)), job) for job in jobs]
         if any(x is None for x, _ in points):
             continue  # not numeric (e.g. model=resnet18,resnet50): the table shows it
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig = Figure(figsize=(5, 3.5))
+        ax = fig.subplots()
         done = [(x, job.objective) for x, job in points if not math.isnan(job.objective)]
         failed = [x for x, job in points if math.isnan(job.objective)]
         if done:
@@ -148,7 +147,6 @@ def plot_objective(jobs: list[Job], out_dir: Path) -> list[Path]:
         fig.tight_layout()
         path = out_dir / f"objective_vs_{key.replace('/', '_')}.png"
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         paths.append(path)
     return paths
 

@@ -1,0 +1,272 @@
+"""Ship a pretrained encoder: ``python -m vicreg_lightning.export <weights> <out dir>``.
+
+``<weights>`` is a training checkpoint (``<run dir>/checkpoints/*.ckpt``), a run directory (its
+``checkpoints/last.ckpt``) or an export folder. The export folder holds:
+
+``backbone.pt``
+    The ResNet's ``state_dict``: exactly torchvision's keys for ``torchvision.models.<arch>()``
+    without ``fc.*`` (the backbone is trained with ``fc = Identity``: VICReg ships the 2048-d pooled
+    features of a ResNet-50, Bardes, Ponce, LeCun, ICLR 2022, §4.2). It loads with
+    ``strict=True`` once ``fc`` is replaced the same way::
+
+        model = torchvision.models.resnet50()
+        model.fc = torch.nn.Identity()
+        model.load_state_dict(torch.load("backbone.pt"), strict=True)
+
+    With ``"small_stem": true`` in ``vicreg.json`` also replace the stem first, as training did::
+
+        model.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = torch.nn.Identity()
+
+    ``resnet10`` (not in torchvision.models) is ``torchvision.models.resnet.ResNet(BasicBlock,
+    [1, 1, 1, 1])``. :func:`load_encoder` does all of this.
+``expander.pt``
+    The expander's ``state_dict`` (``Linear-BN-ReLU`` × (k−1), then ``Linear`` without bias), for
+    :func:`vicreg_lightning.models.build_expander` with the ``expander`` spec of ``vicreg.json``.
+``vicreg.json``
+    What the weights are: architecture, stem, feature and embedding widths, the training data and
+    augmentations, loss coefficients, optimiser, epoch and step, the run's final metrics and the
+    code version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+import vicreg_lightning
+from vicreg_lightning.cli import METRICS_FILE, user_errors_exit
+from vicreg_lightning.errors import UserError
+from vicreg_lightning.models import build_backbone, build_expander, parse_expander_spec
+
+BACKBONE_FILE = "backbone.pt"
+EXPANDER_FILE = "expander.pt"
+SIDECAR_FILE = "vicreg.json"
+FORMAT = "vicreg-lightning-encoder"
+FORMAT_VERSION = 1
+# Where a run directory keeps the checkpoint that ``weights=<run dir>`` means.
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+def load_encoder(path: str | Path, arch: str | None = None) -> tuple[nn.Module, nn.Module | None, dict[str, Any]]:
+    """``(backbone, expander, info)`` from an export folder, a training checkpoint or a run
+    directory: the modules in eval mode on the CPU with the trained weights (``expander`` is None
+    for an export folder without ``expander.pt``), and ``info``, the content of ``vicreg.json``.
+
+    ``arch``, when given, is the backbone the caller expects (``"resnet50"``): weights of another
+    architecture are refused. Anything unreadable or inconsistent raises :class:`UserError` with one
+    line that starts with the path."""
+    path = Path(path)
+    shown = repr(str(path))
+    if path.is_dir() and not (path / BACKBONE_FILE).is_file():
+        if not (path / LAST_CHECKPOINT).is_file():
+            raise UserError(
+                f"{shown}: no {BACKBONE_FILE} in this folder, and no {LAST_CHECKPOINT}: pass an export folder "
+                "(python -m vicreg_lightning.export), a run directory or a .ckpt file"
+            )
+        path = path / LAST_CHECKPOINT
+    backbone, expander, info = _load_export(path) if path.is_dir() else _load_checkpoint(path)
+    if arch is not None and info["arch"] != arch:
+        stem = "3x3 stem" if info["small_stem"] else "ImageNet stem"
+        raise UserError(f"{str(path)!r}: holds a {info['arch']} backbone ({stem}), not the arch={arch} asked for")
+    backbone.eval()
+    if expander is not None:
+        expander.eval()
+    return backbone, expander, info
+
+
+def export(weights: str | Path, out_dir: str | Path) -> Path:
+    """Write ``backbone.pt``, ``expander.pt`` and ``vicreg.json`` of ``weights`` into ``out_dir``
+    (created); an existing export there is not overwritten. Returns ``out_dir``."""
+    out_dir = Path(out_dir)
+    if (out_dir / SIDECAR_FILE).exists():
+        raise UserError(f"{str(out_dir)!r} already holds an export ({SIDECAR_FILE}); choose a new folder")
+    backbone, expander, info = load_encoder(weights)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(backbone.state_dict(), out_dir / BACKBONE_FILE)
+    if expander is not None:
+        torch.save(expander.state_dict(), out_dir / EXPANDER_FILE)
+    # The sidecar last: a folder with vicreg.json is a complete export.
+    (out_dir / SIDECAR_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return out_dir
+
+
+def _describe_checkpoint(checkpoint: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """``vicreg.json`` for a training checkpoint: its hyper-parameters, plus the data set,
+    augmentations, schedule and final metrics of the run directory it sits in (``None`` where the
+    checkpoint was moved away from ``.hydra/config.yaml`` and ``metrics.json``)."""
+    hparams = checkpoint["hyper_parameters"]
+    model = hparams["model"]
+    run_dir = _run_dir(path)
+    run_cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml") if run_dir else None
+    metrics_file = run_dir / METRICS_FILE if run_dir else None
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": model["backbone"],
+        "small_stem": bool(model["small_stem"]),
+        # The expander's first layer reads the backbone's pooled features.
+        "feature_dim": int(checkpoint["state_dict"]["expander.0.weight"].shape[1]),
+        "expander": str(model["expander"]),
+        "embedding_dim": parse_expander_spec(model["expander"])[-1],
+        "zero_init_residual": model["zero_init_residual"],
+        # Resolved (data.root may be ${paths.data_dir}); a whole section, so eval.py can rebuild it.
+        "data": _resolved(run_cfg, "data"),
+        "augment": _resolved(run_cfg, "augment"),
+        "loss": dict(hparams["loss"]),
+        "optim": dict(hparams["optim"]),
+        "batch_size": hparams["batch_size"],
+        "num_classes": hparams["num_classes"],
+        "seed": run_cfg.get("seed") if run_cfg else None,
+        # Lightning's counters: epoch is 0-based and counts the epoch the checkpoint was taken in.
+        "epoch": checkpoint.get("epoch"),
+        "global_step": checkpoint.get("global_step"),
+        "max_epochs": _resolved(run_cfg, "trainer.max_epochs"),
+        "metrics": json.loads(metrics_file.read_text()) if metrics_file and metrics_file.is_file() else None,
+        "checkpoint": str(path.resolve()),
+        "code_version": _code_version(),
+    }
+
+
+def _code_version() -> dict[str, Any]:
+    """This package's version, and the git commit of its source tree with whether the tree had
+    uncommitted changes (``None`` for an installed wheel, or without git). The training run records
+    no commit of its own, so this is the code that exported the weights."""
+    source = Path(vicreg_lightning.__file__).resolve().parent
+    version: dict[str, Any] = {"package": vicreg_lightning.__version__, "git_commit": None, "git_dirty": None}
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        # A wheel installed inside some other repository must not report that repository's commit.
+        if git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
+            return version
+        commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return version
+    if commit.returncode == 0:
+        version["git_commit"] = commit.stdout.strip()
+        version["git_dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
+    return version
+
+
+def _run_dir(checkpoint_path: Path) -> Path | None:
+    # checkpoints/*.ckpt, or Lightning's SLURM hpc_ckpt_*.ckpt in the run directory itself.
+    for folder in (checkpoint_path.parent.parent, checkpoint_path.parent):
+        if (folder / ".hydra" / "config.yaml").is_file():
+            return folder
+    return None
+
+
+def _resolved(cfg: Any, key: str) -> Any:
+    node = OmegaConf.select(cfg, key) if cfg is not None else None
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _read(path: Path) -> Any:
+    """``torch.load`` of a file torch.save wrote, or one line saying why not."""
+    if not path.is_file():
+        raise UserError(f"{str(path)!r}: no such file or folder")
+    # torch.save writes a zip archive: anything else is truncated or not a torch file at all.
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{str(path)!r}: not a readable PyTorch file (corrupt or truncated)")
+    try:
+        # mmap: a checkpoint's optimiser state (twice the weights under LARS) is never read.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - any failure to read it is the same answer for the user
+        raise UserError(f"{str(path)!r}: not readable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def _load_checkpoint(path: Path) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+    shown = repr(str(path))
+    checkpoint = _read(path)
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if (not isinstance(hparams, dict) or "model" not in hparams
+            or "expander.0.weight" not in checkpoint.get("state_dict", {})):
+        raise UserError(f"{shown}: not a vicreg-lightning training checkpoint (no hyper_parameters.model); "
+                        "pass one from <run dir>/checkpoints/")
+    info = _describe_checkpoint(checkpoint, path)
+    backbone, expander = _build(info)
+    state = checkpoint["state_dict"]
+    for prefix, module in (("backbone.", backbone), ("expander.", expander)):
+        part = {name[len(prefix):]: t for name, t in state.items() if name.startswith(prefix)}
+        _load_exactly(module, part, f"{shown}: its {prefix[:-1]} weights do not match its own hyper-parameters "
+                                    f"({info['arch']}, expander {info['expander']})")
+    return backbone, expander, info
+
+
+def _load_export(folder: Path) -> tuple[nn.Module, nn.Module | None, dict[str, Any]]:
+    shown = repr(str(folder))
+    sidecar = folder / SIDECAR_FILE
+    if not sidecar.is_file():
+        raise UserError(f"{shown}: no {SIDECAR_FILE} next to {BACKBONE_FILE}; re-export with python -m "
+                        "vicreg_lightning.export")
+    try:
+        info = json.loads(sidecar.read_text())
+        info["arch"], info["small_stem"], info["expander"]  # noqa: B018 - the keys the modules need
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{str(sidecar)!r}: not a readable {SIDECAR_FILE} ({type(e).__name__}: {e})") from None
+    backbone, expander = _build(info)
+    stem = "3x3 stem" if info["small_stem"] else "ImageNet stem"
+    _load_exactly(backbone, _read(folder / BACKBONE_FILE),
+                  f"{str(folder / BACKBONE_FILE)!r}: does not match {info['arch']} ({stem}) of {SIDECAR_FILE}")
+    if not (folder / EXPANDER_FILE).is_file():
+        return backbone, None, info
+    _load_exactly(expander, _read(folder / EXPANDER_FILE),
+                  f"{str(folder / EXPANDER_FILE)!r}: does not match expander {info['expander']} of {SIDECAR_FILE}")
+    return backbone, expander, info
+
+
+def _build(info: Mapping[str, Any]) -> tuple[nn.Module, nn.Module]:
+    try:
+        backbone, feature_dim = build_backbone(info["arch"], small_stem=bool(info["small_stem"]))
+        return backbone, build_expander(feature_dim, info["expander"])
+    except UserError as e:
+        raise UserError(f"the weights' architecture is unknown here: {e}") from None
+
+
+def _load_exactly(module: nn.Module, state_dict: Mapping[str, Any], mismatch: str) -> None:
+    """``module.load_state_dict(state_dict, strict=True)``, or one line: ``mismatch`` and the first
+    difference (shapes first: they say most about which setting differs)."""
+    if not isinstance(state_dict, Mapping):
+        raise UserError(f"{mismatch} (a {type(state_dict).__name__}, not a state_dict)")
+    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    saved = {name: tuple(t.shape) for name, t in state_dict.items() if isinstance(t, torch.Tensor)}
+    problems = [f"{name}: {saved[name]} in the file, {expected[name]} expected"
+                for name in sorted(saved.keys() & expected.keys()) if saved[name] != expected[name]]
+    problems += [f"{name}: missing" for name in sorted(expected.keys() - saved.keys())]
+    problems += [f"{name}: unexpected" for name in sorted(state_dict.keys() - expected.keys())]
+    if problems:
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise UserError(f"{mismatch} ({problems[0]}{more})")
+    module.load_state_dict(state_dict, strict=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m vicreg_lightning.export",
+        description="Write backbone.pt, expander.pt and vicreg.json of pretrained VICReg weights.",
+    )
+    parser.add_argument("weights", help="a training checkpoint (.ckpt), a run directory or an export folder")
+    parser.add_argument("out_dir", help="the export folder to create")
+    args = parser.parse_args(argv)
+    with user_errors_exit():
+        out_dir = export(args.weights, args.out_dir)
+        info = json.loads((out_dir / SIDECAR_FILE).read_text())
+        stem = ", 3x3 stem" if info["small_stem"] else ""
+        print(f"Exported {info['arch']}{stem} ({info['feature_dim']}-d features) to {out_dir}: "
+              f"{BACKBONE_FILE}, {EXPANDER_FILE}, {SIDECAR_FILE}")
+
+
+if __name__ == "__main__":
+    main()
