@@ -48,7 +48,7 @@ BAD_INPUT = [
       "trainer.enable_progress_bar=false"], "non-finite"),
     (["ckpt_path={corrupt}"], "not a readable PyTorch checkpoint"),
     (["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt': no such file"),
-    (["ckpt_path={other_model}"], "different model (backbone.conv1.weight: checkpoint (64, 3, 3, 3), model (64, 3, 7, 7)"),
+    (["ckpt_path={other_model}"], "different model (backbone.conv1.weight: (64, 3, 3, 3) saved, (64, 3, 7, 7) expected"),
 ]
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
@@ -79,7 +80,8 @@ def test_export_loads_into_torchvision_with_the_same_features(request, tmp_path,
     saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert {k: info[k] for k in ("arch", "small_stem", "feature_dim", "expander", "embedding_dim")} == {
         "arch": arch, "small_stem": small_stem, "feature_dim": feature_dim, "expander": "64-64", "embedding_dim": 64}
-    assert info["data"]["name"] == "digits" and info["augment"]["size"] == 16
+    run_config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert info["data"]["name"] == "digits" and info["augment"] == OmegaConf.to_container(run_config.augment)
     assert info["loss"]["sim_coeff"] == 25.0 and info["loss"]["std_coeff"] == 25.0 and info["loss"]["cov_coeff"] == 1.0
     assert (info["epoch"], info["global_step"], info["max_epochs"]) == (saved["epoch"], saved["global_step"], 1)
     assert info["metrics"] == run_metrics and "val/probe_acc1" in info["metrics"]

@@ -50,7 +50,7 @@ def test_every_group_option_passes_the_schema(group):
 def test_data_sets_pick_their_augmentation():
     sizes = {name: compose_train(f"data={name}", "paths.output_dir=x", "data.root=x").augment.size
              for name in ("digits", "cifar10", "stl10", "imagenet")}
-    assert sizes == {"digits": 16, "cifar10": 32, "stl10": 96, "imagenet": 224}
+    assert sizes == {"digits": 32, "cifar10": 32, "stl10": 96, "imagenet": 224}
     assert compose_train("data=cifar10", "augment=official", "paths.output_dir=x").augment.size == 224
 
 

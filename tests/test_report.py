@@ -91,7 +91,7 @@ def test_invariance_table_marks_the_families_of_the_training_recipe(
         "solarize": any(v.solarize_prob > 0 for v in views),
     }
     assert expected == {"crop": True, "flip": False, "jitter": True, "grayscale": False, "blur": True,
-                        "solarize": True}  # the digits recipe
+                        "solarize": False}  # the digits recipe
     rows = _table_after((tiny_report / "report.md").read_text(), 'What counts as "same"')
     assert [row["family"] for row in rows] == list(FAMILIES)
     assert {row["family"]: row["in training recipe"] == "yes" for row in rows} == expected
@@ -203,8 +203,8 @@ def test_bad_input_gets_one_line_and_exit_code_2(tmp_path: Path, tiny_digits_run
 @pytest.mark.slow
 @pytest.mark.xdist_group("default_run")
 def test_pretraining_buys_invariance_to_the_augmentations_it_was_trained_with(default_run: Path) -> None:  # noqa: F811
-    """The must-show: for each family in the digits recipe (crop, jitter, blur, solarize; no flip, no
-    grayscale), the pretrained backbone's features are more invariant than those of a randomly
+    """The must-show: for each family in the digits recipe (crop, jitter, blur; no flip, grayscale or
+    solarisation), the pretrained backbone's features are more invariant than those of a randomly
     initialised backbone of the same architecture, for every one of three initialisations."""
     encoder = load_for_report(default_run)
     augment = encoder.augment
@@ -214,7 +214,7 @@ def test_pretraining_buys_invariance_to_the_augmentations_it_was_trained_with(de
         ("blur", augment.view_a.blur_prob > 0 or augment.view_b.blur_prob > 0),
         ("solarize", augment.view_a.solarize_prob > 0 or augment.view_b.solarize_prob > 0),
     ) if used]
-    assert trained_with == ["crop", "jitter", "blur", "solarize"]
+    assert trained_with == ["crop", "jitter", "blur"]
     _, val_set, _ = build_datasets(encoder.data)
     encoders = {"pretrained": (encoder.backbone, encoder.expander)}
     encoders |= {f"untrained (seed {seed})": untrained_twin(encoder.info, seed) for seed in range(3)}

@@ -24,6 +24,8 @@ DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "stl10", "imagenet
 # At or below this crop size the ImageNet stem (7x7/2 conv + max-pool) would shrink the image to
 # a few pixels before layer 1, so the backbone uses a 3x3/1 stem unless told otherwise.
 SMALL_IMAGE_SIZE = 64
+# How the two views go through backbone and expander (vicreg_lightning.module.VICRegModule).
+VIEWS_FORWARD = ("auto", "separate", "concat")
 
 
 @dataclass
@@ -57,6 +59,10 @@ class AugmentConfig:
     val_resize: int = 256
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # Make both views on the training device from a batch of stored images (kornia), not in the
+    # loader workers; folder data sets first resize and centre-crop to device_source_size.
+    on_device: bool = False
+    device_source_size: Optional[int] = None
 
 
 @dataclass
@@ -81,6 +87,9 @@ class ModelConfig:
     small_stem: Optional[bool] = None  # None: a 3x3 stem when augment.size <= SMALL_IMAGE_SIZE
     zero_init_residual: bool = True
     expander: str = "8192-8192-8192"
+    channels_last: Optional[bool] = None  # None: on when training on CUDA
+    compile: bool = False
+    views_forward: str = "auto"
 
 
 @dataclass
@@ -204,6 +213,11 @@ def _check_values(cfg: DictConfig) -> None:
     names = resnet_names()
     require_value(model.backbone in names, "model.backbone", model.backbone, f"a torchvision ResNet: {', '.join(names)}")
     parse_expander_spec(model.expander)
+    require_value(model.views_forward in VIEWS_FORWARD, "model.views_forward", model.views_forward,
+                  f"one of {', '.join(VIEWS_FORWARD)}")
+    require_value(augment.device_source_size is None or augment.device_source_size >= augment.size,
+                  "augment.device_source_size", augment.device_source_size,
+                  f"null or an integer >= augment.size ({augment.size})")
 
     for key in ("sim_coeff", "std_coeff", "cov_coeff"):
         require_value(loss[key] >= 0, f"loss.{key}", loss[key], "a coefficient >= 0")

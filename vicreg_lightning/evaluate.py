@@ -263,6 +263,10 @@ class Features(NamedTuple):
     embeddings: Tensor | None  # expander output (N, embedding_dim), when asked for
     labels: Tensor
 
+    def space(self, name: str) -> Tensor | None:
+        """``"features"`` or ``"embeddings"``."""
+        return self.features if name == "features" else self.embeddings
+
 
 @torch.no_grad()
 def extract_features(
@@ -442,15 +446,21 @@ def semi_supervised_eval(
 # ------------------------------------------------------------------------------------------- run
 
 
-def _device(name: str) -> torch.device:
+def pick_device(name: str, key: str = "device") -> torch.device:
+    """The device named by the user's ``key`` (``device=...``, ``--device ...``); ``auto``: CUDA,
+    else Apple's MPS, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError as e:
-        raise ConfigError(f"device={name!r}: {e}") from None
+        raise ConfigError(f"{key}={name!r}: {e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r}: no CUDA device here; use device=cpu or device=auto")
+        raise ConfigError(f"{key}={name!r}: no CUDA device here; use {key}=cpu or {key}=auto")
     return device
 
 
@@ -462,7 +472,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if (output_dir / METRICS_FILE).exists():
         raise ConfigError(f"paths.output_dir={str(output_dir)!r} already holds a finished evaluation; "
                           "choose a new hydra.run.dir")
-    device = _device(cfg.device)
+    device = pick_device(cfg.device)
     try:
         backbone, expander, info = load_encoder(cfg.weights, arch=cfg.arch)
     except UserError as e:

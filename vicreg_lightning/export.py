@@ -46,7 +46,7 @@ from torch import nn
 import vicreg_lightning
 from vicreg_lightning.cli import METRICS_FILE, user_errors_exit
 from vicreg_lightning.errors import UserError
-from vicreg_lightning.models import build_backbone, build_expander, parse_expander_spec
+from vicreg_lightning.models import build_backbone, build_expander, parse_expander_spec, weight_mismatches
 
 BACKBONE_FILE = "backbone.pt"
 EXPANDER_FILE = "expander.pt"
@@ -237,15 +237,10 @@ def _build(info: Mapping[str, Any]) -> tuple[nn.Module, nn.Module]:
 
 def _load_exactly(module: nn.Module, state_dict: Mapping[str, Any], mismatch: str) -> None:
     """``module.load_state_dict(state_dict, strict=True)``, or one line: ``mismatch`` and the first
-    difference (shapes first: they say most about which setting differs)."""
+    difference."""
     if not isinstance(state_dict, Mapping):
         raise UserError(f"{mismatch} (a {type(state_dict).__name__}, not a state_dict)")
-    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
-    saved = {name: tuple(t.shape) for name, t in state_dict.items() if isinstance(t, torch.Tensor)}
-    problems = [f"{name}: {saved[name]} in the file, {expected[name]} expected"
-                for name in sorted(saved.keys() & expected.keys()) if saved[name] != expected[name]]
-    problems += [f"{name}: missing" for name in sorted(expected.keys() - saved.keys())]
-    problems += [f"{name}: unexpected" for name in sorted(state_dict.keys() - expected.keys())]
+    problems = weight_mismatches(module.state_dict(), state_dict)
     if problems:
         more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
         raise UserError(f"{mismatch} ({problems[0]}{more})")

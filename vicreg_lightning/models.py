@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from torch import nn
+from collections.abc import Mapping
+
+from torch import Tensor, nn
 
 from vicreg_lightning.errors import ConfigError
 
@@ -71,3 +73,18 @@ def build_expander(input_dim: int, spec: str | int) -> nn.Sequential:
         layers += [nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim), nn.ReLU(inplace=True)]
     layers.append(nn.Linear(widths[-2], widths[-1], bias=False))
     return nn.Sequential(*layers)
+
+
+def weight_mismatches(expected: Mapping[str, Tensor], saved: Mapping[str, Tensor]) -> list[str]:
+    """How a saved state_dict differs from a model's, one line per weight: shapes first (they say
+    most about which setting differs), then missing, then unexpected names."""
+    expected_shapes = {name: tuple(t.shape) for name, t in expected.items()}
+    saved_shapes = {name: tuple(t.shape) for name, t in saved.items() if isinstance(t, Tensor)}
+    mismatches = [
+        f"{name}: {saved_shapes[name]} saved, {expected_shapes[name]} expected"
+        for name in sorted(saved_shapes.keys() & expected_shapes.keys())
+        if saved_shapes[name] != expected_shapes[name]
+    ]
+    mismatches += [f"{name}: missing" for name in sorted(expected_shapes.keys() - saved.keys())]
+    mismatches += [f"{name}: unexpected" for name in sorted(saved.keys() - expected_shapes.keys())]
+    return mismatches

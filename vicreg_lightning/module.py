@@ -14,10 +14,19 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vicreg_lightning.data.catalog import UNLABELED
 from vicreg_lightning.errors import NonFiniteEmbeddingError
-from vicreg_lightning.loss import VICRegLoss
+from vicreg_lightning.loss import VICRegLoss, VICRegLossOutput
 from vicreg_lightning.models import build_backbone, build_expander
 from vicreg_lightning.optim import build_optimizer, scaled_lr, warmup_cosine
 from vicreg_lightning.resume import capture_rng_states, restore_rng_states
+
+
+def resolve_views_forward(mode: str, *modules: nn.Module) -> str:
+    """``auto``: ``concat`` when no layer of ``modules`` normalises with batch statistics (one pass
+    is then the same computation as two), else ``separate``; other modes as given."""
+    if mode != "auto":
+        return mode
+    batch_statistics = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for module in modules for m in module.modules())
+    return "separate" if batch_statistics else "concat"
 
 
 class VICRegModule(pl.LightningModule):
@@ -25,11 +34,19 @@ class VICRegModule(pl.LightningModule):
 
     The probe is a linear layer on the *detached* backbone features, trained with its own
     cross-entropy in its own parameter group, so it measures the representation without shaping
-    it. The two views go through the backbone in two passes, as in the official code, so that
-    BatchNorm statistics are computed per view.
+    it.
+
+    ``model.views_forward`` says how the two views go through backbone and expander: ``separate``,
+    two passes as in the official code, so that BatchNorm computes its statistics per view;
+    ``concat``, one pass over both views (fewer, larger kernels: faster for small per-device
+    batches on a GPU), where BatchNorm's statistics mix the two views; ``auto``, one pass when no
+    layer normalises with batch statistics (then both are the same computation), else two.
+    ``model.channels_last`` (default: when CUDA is available) stores the backbone's convolutions
+    channels-last, and ``model.compile`` compiles the backbone with ``torch.compile``.
 
     Args:
-        model: ``backbone``, ``small_stem``, ``zero_init_residual``, ``expander`` (``conf/model``).
+        model: ``backbone``, ``small_stem``, ``zero_init_residual``, ``expander``, ``channels_last``,
+            ``compile``, ``views_forward`` (``conf/model``).
         loss: keyword arguments of :class:`~vicreg_lightning.loss.VICRegLoss` (``conf/loss``).
         optim: ``name``, ``base_lr``, ``weight_decay``, ... (``conf/optim``).
         num_classes: classes of the probe.
@@ -50,6 +67,15 @@ class VICRegModule(pl.LightningModule):
             model["backbone"], small_stem=model["small_stem"], zero_init_residual=model["zero_init_residual"]
         )
         self.expander = build_expander(self.feature_dim, model["expander"])
+        self.views_forward = resolve_views_forward(model.get("views_forward", "auto"), self.backbone, self.expander)
+        # Decided here, before Lightning moves the model and wraps it (DDP): .to(device) keeps it.
+        channels_last = model.get("channels_last")
+        self.channels_last = torch.cuda.is_available() if channels_last is None else bool(channels_last)
+        if self.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        if model.get("compile"):
+            # In place, so that the parameter names (checkpoints, exports) stay those of the backbone.
+            self.backbone.compile()
         self.criterion = VICRegLoss(**loss)
         # BatchNorm without affine parameters standardises the features for the linear layer (as
         # MAE's linear probe): the probe converges in a few hundred steps whatever their scale.
@@ -66,7 +92,20 @@ class VICRegModule(pl.LightningModule):
 
     def forward(self, images: Tensor) -> Tensor:
         """Backbone features (the representation that is evaluated and shipped)."""
-        return self.backbone(images)
+        return self.backbone(self._memory_format(images))
+
+    def _memory_format(self, images: Tensor) -> Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def embed_views(self, x_a: Tensor, x_b: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(f_a, f_b, z_a, z_b)``: backbone features and expander embeddings of both views."""
+        if self.views_forward == "concat":
+            features = self.backbone(self._memory_format(torch.cat([x_a, x_b])))
+            f_a, f_b = features.chunk(2)
+            z_a, z_b = self.expander(features).chunk(2)
+            return f_a, f_b, z_a, z_b
+        f_a, f_b = self.backbone(self._memory_format(x_a)), self.backbone(self._memory_format(x_b))
+        return f_a, f_b, self.expander(f_a), self.expander(f_b)
 
     def _probe_loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.probe(features.detach())
@@ -77,16 +116,25 @@ class VICRegModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[tuple[Tensor, Tensor], Tensor], batch_idx: int) -> Tensor:
         (x_a, x_b), labels = batch
-        f_a, f_b = self.backbone(x_a), self.backbone(x_b)
-        z_a, z_b = self.expander(f_a), self.expander(f_b)
+        f_a, f_b, z_a, z_b = self.embed_views(x_a, x_b)
         try:
             terms = self.criterion(z_a, z_b)
         except NonFiniteEmbeddingError as e:
             raise NonFiniteEmbeddingError(f"epoch {self.current_epoch}, step {self.global_step}: {e}") from None
 
         logits, probe_loss = self._probe_loss(torch.cat([f_a, f_b]), torch.cat([labels, labels]))
-        probe_acc1 = self.train_probe_acc1(logits, torch.cat([labels, labels]))
+        if self._logs_this_step():
+            self._log_training_step(terms, z_a, z_b, logits, probe_loss, torch.cat([labels, labels]))
+        return terms.loss + probe_loss
 
+    def _logs_this_step(self) -> bool:
+        # Lightning's logging interval, and each epoch's last step (so the final values reach
+        # metrics.json): between them nothing is logged, so nothing waits on the device.
+        trainer = self.trainer
+        return (self.global_step + 1) % max(1, trainer.log_every_n_steps) == 0 or trainer.is_last_batch
+
+    def _log_training_step(self, terms: VICRegLossOutput, z_a: Tensor, z_b: Tensor, logits: Tensor, probe_loss: Tensor,
+                           labels: Tensor) -> None:
         std = torch.cat([z_a, z_b]).detach().float().std(dim=0)
         self.log_dict(
             {
@@ -98,7 +146,7 @@ class VICRegModule(pl.LightningModule):
                 "train/variance_weighted": self.criterion.std_coeff * terms.variance,
                 "train/covariance_weighted": self.criterion.cov_coeff * terms.covariance,
                 "train/probe_loss": probe_loss,
-                "train/probe_acc1": probe_acc1,
+                "train/probe_acc1": self.train_probe_acc1(logits, labels),
                 "train/embed_std_mean": std.mean(),
                 "train/embed_std_min": std.min(),
             },
@@ -107,7 +155,6 @@ class VICRegModule(pl.LightningModule):
             prog_bar=False,
         )
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, prog_bar=True)
-        return terms.loss + probe_loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch

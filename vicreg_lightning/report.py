@@ -62,6 +62,7 @@ from vicreg_lightning.data.augment import eval_transform, view_transform
 from vicreg_lightning.data.catalog import UNLABELED
 from vicreg_lightning.data.datasets import Transformed, build_datasets
 from vicreg_lightning.errors import UserError
+from vicreg_lightning.evaluate import Features, extract_features, pick_device
 from vicreg_lightning.export import load_encoder
 from vicreg_lightning.health import CONSTANT_RTOL, mean_abs_offdiag_corr, rankme, std_stats
 from vicreg_lightning.models import build_backbone, build_expander
@@ -185,37 +186,16 @@ def _encode(backbone: nn.Module, expander: nn.Module | None, images: Tensor) -> 
     return encoded
 
 
-@dataclass
-class Representations:
-    """Backbone features, expander embeddings (None without an expander) and labels, on the CPU."""
-
-    features: Tensor
-    embeddings: Tensor | None
-    labels: Tensor
-
-    def space(self, name: str) -> Tensor | None:
-        return self.features if name == "features" else self.embeddings
-
-
-@torch.no_grad()
 def extract(
     backbone: nn.Module, expander: nn.Module | None, dataset: Dataset, device: torch.device,
     batch_size: int = 256, num_workers: int = 0,
-) -> Representations:
-    """Features and embeddings of ``(image, label)`` samples, batch by batch on ``device``.
-    The modules are used in eval mode (BatchNorm on running statistics: the batching changes nothing)."""
-    backbone.eval().to(device)
+) -> Features:
+    """Features and embeddings of ``(image, label)`` samples, batch by batch on ``device`` (eval
+    mode: BatchNorm on running statistics, so the batching changes nothing)."""
+    backbone.to(device)
     if expander is not None:
-        expander.eval().to(device)
-    parts: dict[str, list[Tensor]] = {"features": [], "embeddings": []}
-    labels = []
-    for images, batch_labels in _loader(dataset, batch_size, num_workers, seed=0):
-        for name, value in _encode(backbone, expander, images.to(device, non_blocking=True)).items():
-            parts[name].append(value.cpu())
-        labels.append(torch.as_tensor(batch_labels))
-    return Representations(
-        torch.cat(parts["features"]), torch.cat(parts["embeddings"]) if parts["embeddings"] else None, torch.cat(labels)
-    )
+        expander.to(device)
+    return extract_features(backbone, expander, _loader(dataset, batch_size, num_workers, seed=0), device)
 
 
 def capped(dataset: Dataset, max_samples: int, seed: int) -> Dataset:
@@ -776,23 +756,6 @@ class ReportOptions:
     seed: int = 0
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA, else Apple's MPS, else the CPU."""
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError as e:
-            raise UserError(f"--device {name}: {e}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"--device {name}: no CUDA device here; use --device cpu or --device auto")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def _writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -835,7 +798,7 @@ def _health_section(doc: Document, spaces: dict[str, Tensor], device: torch.devi
     return numbers
 
 
-def _probe_section(doc: Document, train: Representations, val: Representations, spaces: dict[str, Tensor],
+def _probe_section(doc: Document, train: Features, val: Features, spaces: dict[str, Tensor],
                    names: list[str], online: float | None, map_method: str, seed: int, out: Path) -> dict[str, Any]:
     from sklearn.metrics import confusion_matrix
 
@@ -901,7 +864,7 @@ def _invariance_section(doc: Document, encoder: LoadedEncoder, images: Dataset, 
             "invariance_untrained": {f: asdict(v) for f, v in baseline.items()} if baseline else None}
 
 
-def _knn_correct(bank: Representations, queries: Representations, num_classes: int) -> Tensor:
+def _knn_correct(bank: Features, queries: Features, num_classes: int) -> Tensor:
     # vicreg_lightning.knn imports Lightning (seconds): only when the report gets this far.
     from vicreg_lightning.knn import knn_class_scores
 
@@ -911,9 +874,9 @@ def _knn_correct(bank: Representations, queries: Representations, num_classes: i
     return scores.argmax(dim=1) == queries.labels
 
 
-def _groups_section(doc: Document, encoder: LoadedEncoder, train: Representations, val: Representations,
+def _groups_section(doc: Document, encoder: LoadedEncoder, train: Features, val: Features,
                     names: list[str], num_classes: int, options: ReportOptions, device: torch.device,
-                    represent: Callable[[Dataset], Representations], out: Path) -> list[dict[str, Any]]:
+                    represent: Callable[[Dataset], Features], out: Path) -> list[dict[str, Any]]:
     doc.heading("Stability across groups and domains")
     features, embeddings, group_index = val.features, val.embeddings, val.labels
     knn_correct = _knn_correct(train, val, num_classes)
@@ -954,7 +917,7 @@ def write_report(encoder: LoadedEncoder, out: Path, options: ReportOptions) -> d
     ``report.html`` and ``report.json`` into ``out``. Returns the numbers of ``report.json``."""
     started = time.monotonic()
     _writable(out)
-    device = pick_device(options.device)
+    device = pick_device(options.device, key="--device")
     # The float64 statistics (spectra, Fréchet distances) run on CUDA when there is one; MPS has no float64.
     stats_device = device if device.type == "cuda" else torch.device("cpu")
     data, aug, seed = encoder.data, encoder.augment, options.seed
@@ -971,7 +934,7 @@ def write_report(encoder: LoadedEncoder, out: Path, options: ReportOptions) -> d
         raise UserError(f"data={data.name}: the train and validation splits need at least 2 images each")
     names = _class_names(val_set, num_classes)
 
-    def represent(dataset: Dataset) -> Representations:
+    def represent(dataset: Dataset) -> Features:
         transformed = Transformed(capped(dataset, options.max_samples, seed), eval_transform(aug))
         return extract(encoder.backbone, encoder.expander, transformed, device, options.batch_size, workers)
 

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vicreg_lightning.errors import ConfigError
+from vicreg_lightning.models import weight_mismatches
 
 LAST_CHECKPOINT = "last"
 # Lightning's SLURM auto-requeue writes these into the run directory on the requeue signal.
@@ -54,18 +55,9 @@ def check_checkpoint(path: Path, module: torch.nn.Module, ckpt_path: str) -> Non
     try:
         # weights_only, as Lightning loads it: what this accepts, the resume accepts.
         checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        saved = {name: tuple(t.shape) for name, t in checkpoint["state_dict"].items()}
+        mismatches = weight_mismatches(module.state_dict(), checkpoint["state_dict"])
     except Exception as e:  # noqa: BLE001 - any failure to read it is the same answer for the user
         raise ConfigError(f"ckpt_path={ckpt_path!r}: not a readable vicreg-lightning checkpoint ({e})") from None
-    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
-    # Shapes that differ say most about which setting differs: they come first.
-    mismatches = [
-        f"{name}: checkpoint {saved[name]}, model {expected[name]}"
-        for name in sorted(saved.keys() & expected.keys())
-        if saved[name] != expected[name]
-    ]
-    mismatches += [f"{name}: not in the checkpoint" for name in sorted(expected.keys() - saved.keys())]
-    mismatches += [f"{name}: not in the model" for name in sorted(saved.keys() - expected.keys())]
     if mismatches:
         more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
         raise ConfigError(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -49,6 +50,15 @@ def write_metrics(path: Path, metrics: dict[str, float]) -> None:
     os.replace(tmp, path)
 
 
+def resolve_precision(precision: str | int, accelerator: str | None) -> str | int:
+    """``trainer.precision=auto``: bf16 autocast where the run will use a GPU that supports it
+    (the loss keeps var/cov in float32), else full float32."""
+    if precision != "auto":
+        return precision
+    on_cuda = accelerator in ("auto", "gpu", "cuda", None) and torch.cuda.is_available()
+    return "bf16-mixed" if on_cuda and torch.cuda.is_bf16_supported() else "32-true"
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Pretrain, write ``metrics.json`` in ``paths.output_dir``; return the final metrics (flat
     ``{"val/probe_acc1": ..., "train/loss": ...}``). ``cfg`` may be checked already."""
@@ -75,6 +85,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     callbacks = _instantiate_callbacks(cfg.callbacks)
     loggers = build_loggers(cfg.logger, cfg)
     trainer_args = OmegaConf.to_container(cfg.trainer)
+    trainer_args["precision"] = resolve_precision(trainer_args.get("precision", "auto"), trainer_args.get("accelerator"))
     if trainer_args.get("sync_batchnorm"):
         trainer_args["plugins"] = [*trainer_args.get("plugins", []), SyncBatchNormAnyDevice()]
     use_job_command_for_ddp_children()

@@ -8,10 +8,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from vicreg_lightning.data.augment import TwoViews, eval_transform
-from vicreg_lightning.data.datasets import Transformed, build_datasets
+from vicreg_lightning.data.augment import BatchViewAugment, Normalize, TwoViews, eval_transform, same_size
+from vicreg_lightning.data.datasets import TensorImages, Transformed, build_datasets
 from vicreg_lightning.errors import ConfigError, DataError
 
 
@@ -31,6 +32,10 @@ class VICRegDataModule(pl.LightningDataModule):
     the same set of images whatever the number of devices, and a resumed run sees the data a run
     without interruption would. Validation gives every image to exactly one rank (no padding), so
     the synchronised probe metrics equal a single process's.
+
+    Loader workers yield uint8 images; normalisation (and, with ``augment.on_device=true``, the
+    whole two-view augmentation, see :class:`~vicreg_lightning.data.augment.BatchViewAugment`)
+    runs on the training device in :meth:`on_after_batch_transfer`.
     """
 
     def __init__(self, data: Any, augment: Any, seed: int = 0) -> None:
@@ -57,8 +62,32 @@ class VICRegDataModule(pl.LightningDataModule):
                 f"need {self.per_device_batch_size} of the {len(train)} training images per step; "  # type: ignore[arg-type]
                 "lower data.batch_size"
             )
-        self.train_set = Transformed(train, TwoViews(self.augment_cfg))
-        self.val_set = Transformed(val, eval_transform(self.augment_cfg))
+        aug = self.augment_cfg
+        if aug.on_device:
+            if aug.device_source_size is None and not isinstance(train, TensorImages):
+                raise ConfigError(
+                    f"augment.on_device=true with data={self.data_cfg.name}: stored images of many sizes "
+                    "cannot be batched before cropping; set augment.device_source_size (e.g. 256)"
+                )
+            # One stored image per sample; both views are cut from it on the device.
+            self.train_set = Transformed(train, same_size(aug))
+            self.device_views = nn.ModuleList([BatchViewAugment(aug, aug.view_a), BatchViewAugment(aug, aug.view_b)])
+        else:
+            self.train_set = Transformed(train, TwoViews(aug))
+        self.normalize = Normalize(aug.mean, aug.std)
+        self.val_set = Transformed(val, eval_transform(aug))
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Training batches arrive as uint8: normalise both views, or make them here
+        (``augment.on_device``). Validation batches arrive normalised."""
+        images, labels = batch
+        if isinstance(images, (tuple, list)):
+            normalize = self.normalize.to(labels.device)
+            return tuple(normalize(view) for view in images), labels
+        if images.dtype == torch.uint8:
+            views = self.device_views.to(images.device)
+            return (views[0](images), views[1](images)), labels
+        return batch
 
     @property
     def world_size(self) -> int:

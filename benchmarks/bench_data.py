@@ -1,0 +1,187 @@
+"""Two-view samples/s per loader worker: our pipeline against the official recipe's.
+
+    python benchmarks/bench_data.py [--images 64] [--repeats 3] [--root <ImageFolder>] [--size 224]
+
+Both pipelines run side by side in this one process, one thread (what one loader worker has), on
+the same JPEG files: by default photo-like 500x375 images written to a temporary folder (about
+ImageNet's mean size), or any ImageFolder given by ``--root``. Each sample is a decode and two views.
+
+- official: ``facebookresearch/vicreg`` augmentations.py, torchvision v1 transforms on Pillow
+  images, ending in ToTensor + Normalize (float32 views);
+- ours: :func:`read_rgb` + :class:`TwoViews` (OpenCV), uint8 views (normalised on the device);
+- ours + CPU normalisation: the same, normalised to float32 in the worker, for a like-for-like row.
+
+With a GPU, ``--device cuda`` adds the on-device mode (``augment.on_device``): kornia on batches of
+256 stored images, in samples/s of the GPU rather than per worker. The table prints samples/s and
+the ratio to the official pipeline (above 1: faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+from omegaconf import OmegaConf
+from PIL import Image, ImageFilter, ImageOps
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vicreg_lightning.data.augment import BatchViewAugment, Normalize, TwoViews  # noqa: E402
+from vicreg_lightning.data.datasets import read_rgb  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class OfficialGaussianBlur:
+    """``augmentations.GaussianBlur`` of the official code: Pillow's blur, sigma ~ U(0.1, 2.0)."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if np.random.rand() < self.p:
+            return img.filter(ImageFilter.GaussianBlur(radius=np.random.rand() * 1.9 + 0.1))
+        return img
+
+
+class OfficialSolarization:
+    """``augmentations.Solarization`` of the official code."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return ImageOps.solarize(img) if np.random.rand() < self.p else img
+
+
+def official_view(size: int, blur_prob: float, solarize_prob: float) -> T.Compose:
+    return T.Compose([
+        T.RandomResizedCrop(size, interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(p=0.5),
+        T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        OfficialGaussianBlur(p=blur_prob),
+        OfficialSolarization(p=solarize_prob),
+        T.ToTensor(),
+        T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+    ])
+
+
+def official_pipeline(size: int) -> Callable[[str], object]:
+    view_a, view_b = official_view(size, 1.0, 0.0), official_view(size, 0.1, 0.2)
+
+    def sample(path: str) -> object:
+        with open(path, "rb") as f:  # torchvision's pil_loader, as the official ImageFolder uses
+            image = Image.open(f).convert("RGB")
+        return view_a(image), view_b(image)
+
+    return sample
+
+
+def our_pipeline(size: int, normalize_on_cpu: bool) -> Callable[[str], object]:
+    aug = OmegaConf.load(ROOT / "conf" / "augment" / "official.yaml")
+    aug.size = size
+    views = TwoViews(aug)
+    normalize = Normalize(aug.mean, aug.std)
+
+    def sample(path: str) -> object:
+        view_a, view_b = views(read_rgb(path))
+        if normalize_on_cpu:
+            return normalize(view_a[None])[0], normalize(view_b[None])[0]
+        return view_a, view_b
+
+    return sample
+
+
+def write_photos(folder: Path, count: int) -> list[str]:
+    """Photo-like JPEGs (smooth colour fields with texture noise, quality 90), 500x375."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        coarse = Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8)).resize((500, 375), Image.BICUBIC)
+        pixels = np.clip(np.asarray(coarse, dtype=np.float32) + rng.normal(0, 12, (375, 500, 3)), 0, 255)
+        path = folder / f"{i}.jpg"
+        Image.fromarray(pixels.astype(np.uint8)).save(path, quality=90)
+        paths.append(str(path))
+    return paths
+
+
+def image_paths(root: Path, count: int) -> list[str]:
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not paths:
+        raise SystemExit(f"--root {root}: no .jpg/.jpeg/.png files")
+    return [str(p) for p in paths[:count]]
+
+
+def samples_per_s(pipeline: Callable[[str], object], paths: list[str]) -> float:
+    start = time.perf_counter()
+    for path in paths:
+        pipeline(path)
+    return len(paths) / (time.perf_counter() - start)
+
+
+def device_samples_per_s(paths: list[str], size: int, device: str, repeats: int) -> float:
+    aug = OmegaConf.load(ROOT / "conf" / "augment" / "official.yaml")
+    aug.size = size
+    views = [BatchViewAugment(aug, aug.view_a).to(device), BatchViewAugment(aug, aug.view_b).to(device)]
+    stored = torch.stack([T.functional.center_crop(T.functional.resize(read_rgb(p), 256, antialias=True), 256)
+                          for p in paths])
+    batch = stored[torch.arange(256) % len(stored)].to(device)
+    rates = []
+    for _ in range(repeats + 1):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        views[0](batch), views[1](batch)
+        torch.cuda.synchronize()
+        rates.append(len(batch) / (time.perf_counter() - start))
+    return statistics.median(rates[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--root", type=Path, default=None)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # one loader worker's share of the machine
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = image_paths(args.root, args.images) if args.root else write_photos(Path(tmp), args.images)
+        pipelines = {
+            "official (Pillow, torchvision v1)": official_pipeline(args.size),
+            "ours (OpenCV, uint8 out)": our_pipeline(args.size, normalize_on_cpu=False),
+            "ours + normalise on CPU": our_pipeline(args.size, normalize_on_cpu=True),
+        }
+        for pipeline in pipelines.values():  # warm-up: imports, lookup tables, page cache
+            pipeline(paths[0])
+        rates: dict[str, list[float]] = {name: [] for name in pipelines}
+        for _ in range(args.repeats):  # interleaved, so that machine noise falls on every row alike
+            for name, pipeline in pipelines.items():
+                rates[name].append(samples_per_s(pipeline, paths))
+        results = {name: statistics.median(r) for name, r in rates.items()}
+        if args.device == "cuda":
+            results["on-device (kornia, batch 256; whole GPU)"] = device_samples_per_s(
+                paths, args.size, args.device, args.repeats)
+
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    print(f"two-view samples/s per worker (1 thread), {len(paths)} images, {args.size} px crops, "
+          f"torch {torch.__version__}, {device}")
+    baseline = results["official (Pillow, torchvision v1)"]
+    print(f"| pipeline | samples/s | × official |\n|---|---:|---:|")
+    for name, rate in results.items():
+        print(f"| {name} | {rate:.1f} | {rate / baseline:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
