@@ -87,7 +87,7 @@ class ModelConfig:
     small_stem: Optional[bool] = None  # None: a 3x3 stem when augment.size <= SMALL_IMAGE_SIZE
     zero_init_residual: bool = True
     expander: str = "8192-8192-8192"
-    channels_last: Optional[bool] = None  # None: on when training on CUDA
+    channels_last: Optional[bool] = None  # None: on when CUDA is available
     compile: bool = False
     views_forward: str = "auto"
 

@@ -122,9 +122,10 @@ class VICRegModule(pl.LightningModule):
         except NonFiniteEmbeddingError as e:
             raise NonFiniteEmbeddingError(f"epoch {self.current_epoch}, step {self.global_step}: {e}") from None
 
-        logits, probe_loss = self._probe_loss(torch.cat([f_a, f_b]), torch.cat([labels, labels]))
+        both_labels = torch.cat([labels, labels])
+        logits, probe_loss = self._probe_loss(torch.cat([f_a, f_b]), both_labels)
         if self._logs_this_step():
-            self._log_training_step(terms, z_a, z_b, logits, probe_loss, torch.cat([labels, labels]))
+            self._log_training_step(terms, z_a, z_b, logits, probe_loss, both_labels)
         return terms.loss + probe_loss
 
     def _logs_this_step(self) -> bool:
