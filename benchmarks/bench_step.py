@@ -1,16 +1,24 @@
 """Training-step samples/s of our LightningModule under a real Trainer, against a bare PyTorch loop.
 
-    python benchmarks/bench_step.py [--backbone resnet18] [--size 32] [--batch 256] [--steps 4]
+    python benchmarks/bench_step.py [--backbone resnet18] [--size 32] [--batch 256] [--steps 12]
     python benchmarks/bench_step.py --device cuda --backbone resnet50 --size 224 --expander 8192-8192-8192
 
 The bare loop runs the same backbone, expander, loss, optimiser (LARS) and LR schedule on the same
-batch of two views, with no Lightning and no probe: the ratio ours / bare is the framework's
-overhead (above 0.95: less than 5%). Both see one batch, already on the device, so the data
-pipeline is not measured (benchmarks/bench_data.py is). The two alternate, twice, in this one
-process; each row is the median step time after a warm-up step.
+batch of two views, with no Lightning and no probe: the ratio bare time / our time is the
+framework's overhead (above 0.95: less than 5%). Both see one batch, already on the device, so the
+data pipeline is not measured (benchmarks/bench_data.py is).
 
-On a GPU the table adds our step with bf16 autocast, channels_last and torch.compile, the peak
-memory of each, and the share of the step spent outside the backbone's forward+backward.
+Pairing: one bare step runs right after each of our steps, in the same process (from a callback,
+outside our step's timing), so that a slow stretch of the machine hits both alike. A CPU step here
+varies by ±15% from one step to the next; timing the two loops one after the other cannot see a
+5% overhead through that, paired steps can. The headline is the ratio of the summed times (the
+samples/s ratio over all pairs); the median per-pair ratio beside it is a check. Our step is timed from one
+batch's start to the next one's, less the bare step in between, so Lightning's work between
+batches counts against us.
+
+On a GPU the table adds our step with bf16 autocast, channels_last and torch.compile (each against
+its own paired fp32 bare steps), the peak memory of each, and the share of the step spent outside
+the backbone's forward+backward.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import statistics
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,29 +61,42 @@ def two_views(args: argparse.Namespace, device: torch.device) -> tuple[torch.Ten
     return tuple(torch.randn(args.batch, 3, args.size, args.size, generator=g).to(device) for _ in range(2))
 
 
-def bare_loop(args: argparse.Namespace, device: torch.device, steps: int) -> list[float]:
-    """Step times of plain PyTorch: forward both views, VICReg loss, backward, LARS, schedule."""
-    torch.manual_seed(0)
-    module = VICRegModule(model_config(args), LOSS, OPTIM, num_classes=10, batch_size=args.batch)
-    backbone, expander, criterion = module.backbone.to(device), module.expander.to(device), module.criterion
-    optimizer = build_optimizer("lars", encoder=nn.ModuleList([backbone, expander]), probe=nn.Identity(),
-                                lr=scaled_lr(0.3, args.batch), probe_lr=0.1, weight_decay=1e-6, momentum=0.9,
-                                eta=1e-3, betas=(0.9, 0.999), exclude_bias_and_norm=True)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, 1000, 0, 0.001))
-    x_a, x_b = two_views(args, device)
-    times = []
-    for _ in range(steps):
-        sync(device)
+class BareLoop:
+    """Plain PyTorch, fp32: forward both views, VICReg loss, backward, LARS, schedule."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device, total_steps: int) -> None:
+        torch.manual_seed(0)
+        module = VICRegModule(model_config(args), LOSS, OPTIM, num_classes=10, batch_size=args.batch)
+        self.backbone, self.expander = module.backbone.to(device), module.expander.to(device)
+        self.criterion, self.device = module.criterion, device
+        self.optimizer = build_optimizer(
+            "lars", encoder=nn.ModuleList([self.backbone, self.expander]), probe=nn.Identity(),
+            lr=scaled_lr(0.3, args.batch), probe_lr=0.1, weight_decay=1e-6, momentum=0.9, eta=1e-3,
+            betas=(0.9, 0.999), exclude_bias_and_norm=True)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: warmup_cosine(s, total_steps, 0, 0.001))
+        self.x_a, self.x_b = two_views(args, device)
+
+    def step(self) -> float:
+        """Runs one step; returns its wall time in seconds."""
+        sync(self.device)
         start = time.perf_counter()
-        z_a, z_b = expander(backbone(x_a)), expander(backbone(x_b))
-        loss = criterion(z_a, z_b).loss
-        optimizer.zero_grad(set_to_none=True)
+        z_a, z_b = self.expander(self.backbone(self.x_a)), self.expander(self.backbone(self.x_b))
+        loss = self.criterion(z_a, z_b).loss
         loss.backward()
-        optimizer.step()
-        schedule.step()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return times
+        self.optimizer.step()
+        self.schedule.step()
+        # Freed here rather than before the next backward: between its steps the bare loop then
+        # holds only what resident_bytes counts, and our step's peak memory can be told apart.
+        self.optimizer.zero_grad(set_to_none=True)
+        sync(self.device)
+        return time.perf_counter() - start
+
+    def resident_bytes(self) -> int:
+        """Device memory the bare loop holds between its steps: weights, momentum, its batch."""
+        tensors = [*self.backbone.state_dict().values(), *self.expander.state_dict().values(), self.x_a, self.x_b]
+        tensors += [t for state in self.optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class SameBatch(torch.utils.data.Dataset):
@@ -90,49 +112,65 @@ class SameBatch(torch.utils.data.Dataset):
         return self.batch
 
 
-class StepTimer:
-    """Wall time of each training batch, from batch start to batch end (after the optimiser step)."""
+@dataclass
+class Paired:
+    """Step times of ours and of the bare step run right after each, and the peak memory (GiB) of
+    our steps less what the bare loop holds between its steps (CUDA only)."""
 
-    def __init__(self, device: torch.device) -> None:
-        import lightning.pytorch as pl
+    ours: list[float] = field(default_factory=list)
+    bare: list[float] = field(default_factory=list)
+    peak_gib: float = float("nan")
 
-        class _Timer(pl.Callback):
-            def on_train_batch_start(inner, *a: Any) -> None:  # noqa: N805
-                sync(device)
-                inner.start = time.perf_counter()
-
-            def on_train_batch_end(inner, *a: Any) -> None:  # noqa: N805
-                sync(device)
-                self.times.append(time.perf_counter() - inner.start)
-
-        self.times: list[float] = []
-        self.callback = _Timer()
+    def ratios(self) -> list[float]:
+        """bare / ours per pair: above 1 where ours was the faster."""
+        return [b / o for b, o in zip(self.bare, self.ours)]
 
 
-def ours(args: argparse.Namespace, device: torch.device, steps: int, precision: str = "32-true",
-         **speed: Any) -> tuple[list[float], float]:
-    """Step times of VICRegModule.training_step under lightning.pytorch.Trainer (probe, metrics and
-    logging included), and the peak memory in GiB (CUDA only)."""
+def paired_run(args: argparse.Namespace, device: torch.device, warmup: int, precision: str = "32-true",
+               **speed: Any) -> Paired:
+    """``args.steps`` pairs after ``warmup`` of our steps: VICRegModule.training_step under
+    lightning.pytorch.Trainer (probe, metrics and logging included), each followed by a bare step."""
     import lightning.pytorch as pl
+
+    batches = warmup + args.steps + 1  # the last batch only closes the last timed interval
+    bare = BareLoop(args, device, batches)
+    result = Paired()
+
+    class _Pairing(pl.Callback):
+        start: float | None = None
+        bare_time = 0.0
+
+        def on_train_batch_start(self, trainer: pl.Trainer, *_: Any) -> None:
+            sync(device)
+            now = time.perf_counter()
+            if self.start is not None and trainer.global_step > warmup:
+                result.ours.append(now - self.start - self.bare_time)
+                result.bare.append(self.bare_time)
+            self.start = now
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+
+        def on_train_batch_end(self, trainer: pl.Trainer, *_: Any) -> None:
+            if device.type == "cuda" and trainer.global_step > warmup:
+                ours_peak = (torch.cuda.max_memory_allocated() - bare.resident_bytes()) / 2**30
+                result.peak_gib = ours_peak if result.peak_gib != result.peak_gib else max(result.peak_gib, ours_peak)
+            with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+                self.bare_time = bare.step()
 
     torch.manual_seed(0)
     module = VICRegModule(model_config(args, **speed), LOSS, OPTIM, num_classes=10, batch_size=args.batch)
     x_a, x_b = two_views(args, torch.device("cpu"))
     labels = torch.randint(0, 10, (args.batch,))
-    loader = torch.utils.data.DataLoader(SameBatch(((x_a, x_b), labels), steps), batch_size=None)
-    timer = StepTimer(device)
+    loader = torch.utils.data.DataLoader(SameBatch(((x_a, x_b), labels), batches), batch_size=None)
     trainer = pl.Trainer(
-        accelerator=device.type, devices=1, precision=precision, max_steps=steps, logger=False,
+        accelerator=device.type, devices=1, precision=precision, max_steps=batches, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[timer.callback], log_every_n_steps=50, num_sanity_val_steps=0,
+        callbacks=[_Pairing()], log_every_n_steps=50, num_sanity_val_steps=0,
     )
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(module, train_dataloaders=loader)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    return timer.times, peak
+    return result
 
 
 def backbone_share(args: argparse.Namespace, device: torch.device, steps: int, precision: str) -> float:
@@ -162,42 +200,37 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--expander", default="2048-2048-2048")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per run, after one warm-up step")
+    parser.add_argument("--steps", type=int, default=12, help="timed pairs per row, after the warm-up steps")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     device = torch.device(args.device)
-    steps = args.steps + 1
 
-    bare: list[float] = []
-    lightning: list[float] = []
-    for _ in range(2):  # alternate, so that machine noise falls on both alike
-        bare += bare_loop(args, device, steps)[1:]
-        lightning += ours(args, device, steps)[0][1:]
-    rows = [("bare PyTorch loop (fp32)", statistics.median(bare), float("nan"), bare),
-            ("ours: Lightning, probe, metrics (fp32)", statistics.median(lightning), float("nan"), lightning)]
+    rows = [("ours: Lightning, probe, metrics (fp32)", paired_run(args, device, warmup=1))]
     if device.type == "cuda":
         for label, precision, speed in (
             ("ours, bf16", "bf16-mixed", {}),
             ("ours, bf16 + channels_last", "bf16-mixed", {"channels_last": True}),
             ("ours, bf16 + channels_last + compile", "bf16-mixed", {"channels_last": True, "compile": True}),
         ):
-            times, peak = ours(args, device, steps + 2, precision, **speed)
-            rows.append((label, statistics.median(times[3:]), peak, times[3:]))
+            rows.append((label, paired_run(args, device, 3, precision, **speed)))  # compile warms up longer
 
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"{args.backbone}, {args.size} px, batch {args.batch} (two views), expander {args.expander}; "
-          f"torch {torch.__version__}, {name}, {torch.get_num_threads()} threads")
-    base = rows[0][1]
-    print("| step | median ms | range ms | samples/s | × bare | peak GiB |\n|---|---:|---:|---:|---:|---:|")
-    for label, seconds, peak, times in rows:
-        spread = f"{min(times) * 1e3:.0f}–{max(times) * 1e3:.0f}"
-        memory = "–" if peak != peak else f"{peak:.2f}"  # NaN: no CUDA allocator to ask
-        print(f"| {label} | {seconds * 1e3:.0f} | {spread} | {args.batch / seconds:.1f} | {base / seconds:.3f} | {memory} |")
+          f"torch {torch.__version__}, {name}, {torch.get_num_threads()} threads; {args.steps} pairs per row")
+    print("| step | samples/s | median ms | range ms | paired bare samples/s | × bare (all pairs) "
+          "| × bare (median pair) | pair ratios | peak GiB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, run in rows:
+        ratios = run.ratios()
+        memory = "–" if run.peak_gib != run.peak_gib else f"{run.peak_gib:.2f}"  # NaN: no CUDA allocator
+        print(f"| {label} | {args.batch * len(run.ours) / sum(run.ours):.1f} | {statistics.median(run.ours) * 1e3:.0f} "
+              f"| {min(run.ours) * 1e3:.0f}–{max(run.ours) * 1e3:.0f} | {args.batch * len(run.bare) / sum(run.bare):.1f} "
+              f"| **{sum(run.bare) / sum(run.ours):.3f}** | {statistics.median(ratios):.3f} "
+              f"| {min(ratios):.3f}–{max(ratios):.3f} | {memory} |")
     if device.type == "cuda":
-        best = min(rows[2:], key=lambda row: row[1])
-        inside = backbone_share(args, device, steps, "bf16-mixed")
-        print(f"\nbackbone forward+backward alone (bf16, channels_last): {inside * 1e3:.0f} ms; "
-              f"outside it in the fastest step ({best[0]}): {100 * (1 - inside / best[1]):.1f}% of step time")
+        best_label, best = min(rows[1:], key=lambda row: statistics.median(row[1].ours))
+        inside = backbone_share(args, device, args.steps + 1, "bf16-mixed")
+        print(f"\nbackbone forward+backward alone (bf16, channels_last): {inside * 1e3:.0f} ms; outside it in "
+              f"the fastest step ({best_label}): {100 * (1 - inside / statistics.median(best.ours)):.1f}% of step time")
 
 
 if __name__ == "__main__":
