@@ -178,7 +178,7 @@ def main() -> None:
     print(f"two-view samples/s per worker (1 thread), {len(paths)} images, {args.size} px crops, "
           f"torch {torch.__version__}, {device}")
     baseline = results["official (Pillow, torchvision v1)"]
-    print(f"| pipeline | samples/s | × official |\n|---|---:|---:|")
+    print("| pipeline | samples/s | × official |\n|---|---:|---:|")
     for name, rate in results.items():
         print(f"| {name} | {rate:.1f} | {rate / baseline:.2f} |")
 

@@ -246,13 +246,14 @@ def train_transform(augment: Any) -> Callable[[Tensor], Tensor]:
     return view_transform(crop_and_flip, OmegaConf.create({"blur_prob": 0.0, "solarize_prob": 0.0}))
 
 
-def _loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False, seed: int = 0,
-            drop_last: bool = False) -> DataLoader:
-    """Shuffled loaders are the training ones, read once per epoch: their workers are kept
-    (starting them every epoch cost more than the epochs of a small set's fine-tuning)."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last,
-                      num_workers=workers, persistent_workers=shuffle and workers > 0,
+def make_loader(dataset: Dataset, batch_size: int, workers: int, shuffle: bool = False, seed: int = 0,
+                drop_last: bool = False) -> DataLoader:
+    """The evaluations' loader. Its generator, seeded by ``seed``, draws the shuffling and the
+    workers' seeds, which drive random transforms: the same order and the same draws for any
+    number of workers. Shuffled loaders are the training ones, read once per epoch: their workers
+    are kept (starting them every epoch cost more than the epochs of a small set's fine-tuning)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(seed),
+                      drop_last=drop_last, num_workers=workers, persistent_workers=shuffle and workers > 0,
                       pin_memory=torch.cuda.is_available())
 
 
@@ -268,6 +269,12 @@ class Features(NamedTuple):
         return self.features if name == "features" else self.embeddings
 
 
+def encode(backbone: nn.Module, expander: nn.Module | None, images: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Backbone features and, when ``expander`` is given, expander embeddings of one batch, float32."""
+    features = backbone(images)
+    return features.float(), None if expander is None else expander(features).float()
+
+
 @torch.no_grad()
 def extract_features(
     backbone: nn.Module, expander: nn.Module | None, loader: Iterable[tuple[Tensor, Tensor]], device: torch.device
@@ -279,10 +286,10 @@ def extract_features(
         expander.eval()
     features, embeddings, labels = [], [], []
     for images, batch_labels in loader:
-        f = backbone(images.to(device, non_blocking=True))
-        features.append(f.float().cpu())
-        if expander is not None:
-            embeddings.append(expander(f).float().cpu())
+        f, z = encode(backbone, expander, images.to(device, non_blocking=True))
+        features.append(f.cpu())
+        if z is not None:
+            embeddings.append(z.cpu())
         labels.append(batch_labels)
     return Features(torch.cat(features), torch.cat(embeddings) if embeddings else None, torch.cat(labels))
 
@@ -429,7 +436,7 @@ def semi_supervised_eval(
         else:
             encoder.requires_grad_(False)
         # Train-mode BatchNorm cannot normalise a last batch of one image.
-        loader = _loader(Subset(train_set, indices.tolist()), cfg.batch_size, workers, shuffle=True, seed=seed,
+        loader = make_loader(Subset(train_set, indices.tolist()), cfg.batch_size, workers, shuffle=True, seed=seed,
                          drop_last=len(indices) % cfg.batch_size == 1)
         fit_sgd(model, groups, lambda epoch, loader=loader: loader, cfg.epochs, cfg.momentum, cfg.weight_decay, device)
         logits, labels = [], []
@@ -494,11 +501,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     backbone.to(device)
     expander = expander.to(device) if with_embeddings else None
     eval_images = eval_transform(augment)
-    val = extract_features(backbone, expander, _loader(Transformed(val_set, eval_images), cfg.inference_batch_size,
+    val = extract_features(backbone, expander, make_loader(Transformed(val_set, eval_images), cfg.inference_batch_size,
                                                        workers), device)
     linear_on_features = protocols.linear is not None and not protocols.linear.train_augment
     if protocols.knn is not None or linear_on_features:
-        train = extract_features(backbone, expander, _loader(Transformed(train_set, eval_images),
+        train = extract_features(backbone, expander, make_loader(Transformed(train_set, eval_images),
                                                              cfg.inference_batch_size, workers), device)
     metrics["eval/features_time_s"] = time.perf_counter() - started
 
@@ -520,7 +527,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         else:
             augmented = Transformed(train_set, train_transform(augment))
             batches = frozen_backbone_batches(
-                backbone, _loader(augmented, linear.batch_size, workers, shuffle=True, seed=cfg.seed), device)
+                backbone, make_loader(augmented, linear.batch_size, workers, shuffle=True, seed=cfg.seed), device)
         with one_cpu_thread(device) if linear_on_features else contextlib.nullcontext():
             result = linear_eval(linear, batches, val, num_classes, device, cfg.seed)
         metrics |= {f"eval/linear_{name}": value for name, value in result.items()}
@@ -528,7 +535,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     if protocols.semi_supervised is not None:
         started = time.perf_counter()
-        val_loader = _loader(Transformed(val_set, eval_images), cfg.inference_batch_size, workers)
+        val_loader = make_loader(Transformed(val_set, eval_images), cfg.inference_batch_size, workers)
         results = semi_supervised_eval(
             protocols.semi_supervised, backbone, Transformed(train_set, train_transform(augment)), train_labels,
             val_loader, num_classes, info["feature_dim"], workers, device, cfg.seed,

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from vicreg_lightning.cli import user_errors_exit
 from vicreg_lightning.config import check_config
@@ -62,7 +62,7 @@ from vicreg_lightning.data.augment import eval_transform, view_transform
 from vicreg_lightning.data.catalog import UNLABELED
 from vicreg_lightning.data.datasets import Transformed, build_datasets
 from vicreg_lightning.errors import UserError
-from vicreg_lightning.evaluate import Features, extract_features, pick_device
+from vicreg_lightning.evaluate import Features, encode, extract_features, make_loader, pick_device
 from vicreg_lightning.export import load_encoder
 from vicreg_lightning.health import CONSTANT_RTOL, mean_abs_offdiag_corr, rankme, std_stats
 from vicreg_lightning.models import build_backbone, build_expander
@@ -169,23 +169,6 @@ def untrained_twin(info: dict[str, Any], seed: int = 0) -> tuple[nn.Module, nn.M
 # ---------------------------------------------------------------------------------------------- features
 
 
-def _loader(dataset: Dataset, batch_size: int, num_workers: int, seed: int) -> DataLoader:
-    # The generator seeds each worker's RNG, which drives random transforms: the same images, the
-    # same draws, for any number of workers.
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available(),
-    )
-
-
-def _encode(backbone: nn.Module, expander: nn.Module | None, images: Tensor) -> dict[str, Tensor]:
-    features = backbone(images).flatten(1)
-    encoded = {"features": features.float()}
-    if expander is not None:
-        encoded["embeddings"] = expander(features).float()
-    return encoded
-
-
 def extract(
     backbone: nn.Module, expander: nn.Module | None, dataset: Dataset, device: torch.device,
     batch_size: int = 256, num_workers: int = 0,
@@ -195,7 +178,7 @@ def extract(
     backbone.to(device)
     if expander is not None:
         expander.to(device)
-    return extract_features(backbone, expander, _loader(dataset, batch_size, num_workers, seed=0), device)
+    return extract_features(backbone, expander, make_loader(dataset, batch_size, num_workers), device)
 
 
 def capped(dataset: Dataset, max_samples: int, seed: int) -> Dataset:
@@ -362,12 +345,14 @@ def measure_invariance(
 
     def encode_all(batch: Tensor, out: dict[str, dict[str, list[Tensor]]]) -> None:
         for name, (backbone, expander) in encoders.items():
-            for space, value in _encode(backbone, expander, batch).items():
-                out[name].setdefault(space, []).append(value.cpu())
+            features, embeddings = encode(backbone, expander, batch)
+            out[name].setdefault("features", []).append(features.cpu())
+            if embeddings is not None:
+                out[name].setdefault("embeddings", []).append(embeddings.cpu())
 
     # The reference view is deterministic: encoded once, it is the x of every family's pairs below.
     reference: dict[str, dict[str, list[Tensor]]] = {name: {} for name in encoders}
-    for x, _ in _loader(Transformed(images, single_family_view(aug, None)), batch_size, num_workers, seed):
+    for x, _ in make_loader(Transformed(images, single_family_view(aug, None)), batch_size, num_workers, seed=seed):
         encode_all(x.to(device, non_blocking=True), reference)
     results: dict[str, dict[str, FamilyInvariance]] = {name: {} for name in encoders}
     for family in families:
@@ -376,7 +361,7 @@ def measure_invariance(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # the transforms' draws when the loader has no workers
             pairs = Transformed(images, _ReferenceAndFamily(aug, family))
-            for (x, tx), _ in _loader(pairs, batch_size, num_workers, seed):
+            for (x, tx), _ in make_loader(pairs, batch_size, num_workers, seed=seed):
                 changes.append((tx - x).abs().flatten(1).mean(dim=1))
                 encode_all(tx.to(device, non_blocking=True), transformed)
         change = float(torch.cat(changes).mean())

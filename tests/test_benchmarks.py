@@ -1,0 +1,45 @@
+"""The benchmark scripts run and print their ratio tables (on tiny settings: a smoke test, not a
+timing; the figures in the README come from full runs)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.default_run import ROOT
+
+
+def run_benchmark(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def table_rows(output: str) -> dict[str, list[str]]:
+    """``{first cell: other cells}`` of the Markdown table rows, header and rule left out."""
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in output.splitlines() if line.startswith("| ")]
+    return {row[0]: row[1:] for row in rows[1:]}
+
+
+def test_bench_step_pairs_every_timed_step_with_a_bare_step():
+    output = run_benchmark("bench_step.py", "--backbone", "resnet10", "--batch", "8", "--size", "16", "--expander", "64-64",
+                           "--steps", "3")
+    assert "3 pairs per row" in output
+    (cells,) = table_rows(output).values()
+    samples_per_s, bare_samples_per_s = float(cells[0]), float(cells[3])
+    ratio = float(cells[4].strip("*"))
+    # The headline is the samples/s ratio: bare time / our time = our samples/s / bare samples/s.
+    assert ratio == pytest.approx(samples_per_s / bare_samples_per_s, rel=0.02)
+    low, high = (float(x) for x in re.split("–", cells[6]))
+    assert 0 < low <= float(cells[5]) <= high
+
+
+def test_bench_data_compares_our_pipeline_with_the_official_one():
+    output = run_benchmark("bench_data.py", "--images", "4", "--repeats", "1", "--size", "32")
+    rows = table_rows(output)
+    assert float(rows["official (Pillow, torchvision v1)"][1]) == 1.0
+    assert float(rows["ours (OpenCV, uint8 out)"][0]) > 0
