@@ -253,12 +253,12 @@ def _random_init_export(trained_export: Path, folder: Path) -> Path:
     return folder
 
 
-# Measured on the default run (CPU, 2 cores; 32-px crops, 2048 expander, 30 epochs): linear 0.964,
-# 20-NN 0.956. The issue asks 0.95 for both; 20-NN clears it by two images of 360, less than the
-# run-to-run spread (about ±0.01), so these bars hold the measured level with that room.
-LINEAR_TOP1_MIN = 0.94
-KNN20_TOP1_MIN = 0.92
-# Trained minus random init (ResNet-10): measured +0.6 (linear) and +0.4 (20-NN) on 16-px crops.
+# The issue's bars. Measured on the default run (CPU; 32-px crops, 2048 expander, LARS base_lr 3.2,
+# 20 epochs), linear / 20-NN: seed 0 0.969 / 0.969 (twice, 1 thread), seed 1 0.983 / 0.981,
+# seed 2 0.975 / 0.981: the lowest is 7 images of 360 above 0.95.
+LINEAR_TOP1_MIN = 0.95
+KNN20_TOP1_MIN = 0.95
+# Trained minus random init (ResNet-10 at 32 px: 0.164 / 0.189): measured about +0.8 for both.
 MIN_GAIN_OVER_RANDOM = 0.2
 
 
