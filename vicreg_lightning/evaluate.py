@@ -437,7 +437,7 @@ def semi_supervised_eval(
             encoder.requires_grad_(False)
         # Train-mode BatchNorm cannot normalise a last batch of one image.
         loader = make_loader(Subset(train_set, indices.tolist()), cfg.batch_size, workers, shuffle=True, seed=seed,
-                         drop_last=len(indices) % cfg.batch_size == 1)
+                             drop_last=len(indices) % cfg.batch_size == 1)
         fit_sgd(model, groups, lambda epoch, loader=loader: loader, cfg.epochs, cfg.momentum, cfg.weight_decay, device)
         logits, labels = [], []
         with torch.no_grad():
@@ -501,12 +501,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     backbone.to(device)
     expander = expander.to(device) if with_embeddings else None
     eval_images = eval_transform(augment)
-    val = extract_features(backbone, expander, make_loader(Transformed(val_set, eval_images), cfg.inference_batch_size,
-                                                       workers), device)
+    val = extract_features(backbone, expander, make_loader(Transformed(val_set, eval_images),
+                                                           cfg.inference_batch_size, workers), device)
     linear_on_features = protocols.linear is not None and not protocols.linear.train_augment
     if protocols.knn is not None or linear_on_features:
         train = extract_features(backbone, expander, make_loader(Transformed(train_set, eval_images),
-                                                             cfg.inference_batch_size, workers), device)
+                                                                 cfg.inference_batch_size, workers), device)
     metrics["eval/features_time_s"] = time.perf_counter() - started
 
     if protocols.knn is not None:
