@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageFilter, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vicreg_lightning.data.augment import BatchViewAugment, Normalize, TwoViews  # noqa: E402
+from vicreg_lightning.data.augment import BatchViewAugment, Normalize, TwoViews, same_size  # noqa: E402
 from vicreg_lightning.data.datasets import read_rgb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,9 +87,13 @@ def official_pipeline(size: int) -> Callable[[str], object]:
     return sample
 
 
+def official_augment(size: int, **overrides: object) -> Any:
+    """Our ``conf/augment/official.yaml`` at ``size`` px."""
+    return OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "augment" / "official.yaml"), {"size": size, **overrides})
+
+
 def our_pipeline(size: int, normalize_on_cpu: bool) -> Callable[[str], object]:
-    aug = OmegaConf.load(ROOT / "conf" / "augment" / "official.yaml")
-    aug.size = size
+    aug = official_augment(size)
     views = TwoViews(aug)
     normalize = Normalize(aug.mean, aug.std)
 
@@ -129,11 +134,10 @@ def samples_per_s(pipeline: Callable[[str], object], paths: list[str]) -> float:
 
 
 def device_samples_per_s(paths: list[str], size: int, device: str, repeats: int) -> float:
-    aug = OmegaConf.load(ROOT / "conf" / "augment" / "official.yaml")
-    aug.size = size
+    # What the loader workers hand the device in this mode (augment.device_source_size=256).
+    aug = official_augment(size, device_source_size=256)
     views = [BatchViewAugment(aug, aug.view_a).to(device), BatchViewAugment(aug, aug.view_b).to(device)]
-    stored = torch.stack([T.functional.center_crop(T.functional.resize(read_rgb(p), 256, antialias=True), 256)
-                          for p in paths])
+    stored = torch.stack([same_size(aug)(read_rgb(p)) for p in paths])
     batch = stored[torch.arange(256) % len(stored)].to(device)
     rates = []
     for _ in range(repeats + 1):

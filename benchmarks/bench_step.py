@@ -33,16 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from vicreg_lightning.module import VICRegModule  # noqa: E402
 from vicreg_lightning.optim import build_optimizer, scaled_lr, warmup_cosine  # noqa: E402
 
-OPTIM = {"name": "lars", "base_lr": 0.3, "weight_decay": 1e-6, "momentum": 0.9, "eta": 1e-3,
-         "betas": [0.9, 0.999], "exclude_bias_and_norm": True, "warmup_epochs": 0, "end_lr_ratio": 0.001,
-         "probe_lr": 0.1}
-LOSS = {"sim_coeff": 25.0, "std_coeff": 25.0, "cov_coeff": 1.0}
+# The shipped LARS preset and loss (official coefficients), with no warmup: every timed step at full lr.
+OPTIM = {**OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "optim" / "lars.yaml")), "warmup_epochs": 0}
+LOSS = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "loss" / "vicreg.yaml"))
 
 
 def model_config(args: argparse.Namespace, **speed: Any) -> dict[str, Any]:
@@ -70,11 +71,12 @@ class BareLoop:
         self.backbone, self.expander = module.backbone.to(device), module.expander.to(device)
         self.criterion, self.device = module.criterion, device
         self.optimizer = build_optimizer(
-            "lars", encoder=nn.ModuleList([self.backbone, self.expander]), probe=nn.Identity(),
-            lr=scaled_lr(0.3, args.batch), probe_lr=0.1, weight_decay=1e-6, momentum=0.9, eta=1e-3,
-            betas=(0.9, 0.999), exclude_bias_and_norm=True)
+            OPTIM["name"], encoder=nn.ModuleList([self.backbone, self.expander]), probe=nn.Identity(),
+            lr=scaled_lr(OPTIM["base_lr"], args.batch), probe_lr=OPTIM["probe_lr"],
+            weight_decay=OPTIM["weight_decay"], momentum=OPTIM["momentum"], eta=OPTIM["eta"],
+            betas=tuple(OPTIM["betas"]), exclude_bias_and_norm=OPTIM["exclude_bias_and_norm"])
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: warmup_cosine(s, total_steps, 0, 0.001))
+            self.optimizer, lambda s: warmup_cosine(s, total_steps, 0, OPTIM["end_lr_ratio"]))
         self.x_a, self.x_b = two_views(args, device)
 
     def step(self) -> float:
@@ -178,9 +180,7 @@ def backbone_share(args: argparse.Namespace, device: torch.device, steps: int, p
     torch.manual_seed(0)
     module = VICRegModule(model_config(args, channels_last=device.type == "cuda"), LOSS, OPTIM, 10, args.batch)
     backbone = module.backbone.to(device)
-    if device.type == "cuda":
-        backbone.to(memory_format=torch.channels_last)
-    x_a, x_b = two_views(args, device)
+    x_a, x_b = (module._memory_format(x) for x in two_views(args, device))
     times = []
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     for _ in range(steps):
