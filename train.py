@@ -13,11 +13,11 @@ def main(cfg: DictConfig) -> float | None:
         from vicreg_lightning.config import check_config
         from vicreg_lightning.data.catalog import inspect_data
 
-        cfg = check_config(cfg)
-        inspect_data(cfg.data)
+        inspect_data(check_config(cfg).data)
         from vicreg_lightning.train import run
 
         quiet_lightning_console()
+        # The config as composed: the run checks it again, and records it as given.
         metrics = run(cfg)
     return metrics.get(cfg.optimized_metric)
 

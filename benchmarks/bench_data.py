@@ -19,6 +19,7 @@ the ratio to the official pipeline (above 1: faster).
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import statistics
 import sys
@@ -94,11 +95,13 @@ def official_augment(size: int, **overrides: object) -> Any:
 
 def our_pipeline(size: int, normalize_on_cpu: bool) -> Callable[[str], object]:
     aug = official_augment(size)
-    views = TwoViews(aug)
+    views = TwoViews(aug, seed=0)
     normalize = Normalize(aug.mean, aug.std)
+    # Each sample's draws are keyed by its index, as in training (the keyed generators count too).
+    index = itertools.count()
 
     def sample(path: str) -> object:
-        view_a, view_b = views(read_rgb(path))
+        view_a, view_b = views(read_rgb(path), 0, next(index))
         if normalize_on_cpu:
             return normalize(view_a[None])[0], normalize(view_b[None])[0]
         return view_a, view_b

@@ -20,25 +20,19 @@ class FailOnRank(pl.Callback):
 
 
 class SignalAtStep(pl.Callback):
-    """Send a real signal to this process (as a scheduler would) after a given step."""
+    """Send a real signal after a given step: to this process, or (``group``) to its whole process
+    group, loader workers included, as a scheduler or a terminal's Ctrl-C does. (Start the run in a
+    session of its own for that: ``start_new_session=True``.)"""
 
-    def __init__(self, step: int, signal_name: str = "SIGTERM") -> None:
-        self.step, self.signal = step, signal.Signals[signal_name]
+    def __init__(self, step: int, signal_name: str = "SIGTERM", group: bool = False) -> None:
+        self.step, self.signal, self.group = step, signal.Signals[signal_name], group
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
         if trainer.global_step == self.step and trainer.is_global_zero:
-            os.kill(os.getpid(), self.signal)
-
-
-class StopAfterEpoch(pl.Callback):
-    """End fit after ``epoch`` epochs, as an interrupted run would, schedule untouched."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, *args: object) -> None:
-        if trainer.current_epoch + 1 >= self.epoch:
-            trainer.should_stop = True
+            if self.group:
+                os.killpg(os.getpgid(0), self.signal)
+            else:
+                os.kill(os.getpid(), self.signal)
 
 
 class StandInRequeueHandler(pl.Callback):

@@ -72,15 +72,6 @@ def test_bad_input_gets_one_clear_line(tmp_path, overrides, names):
     assert seconds < 180
 
 
-def test_finished_run_is_not_overwritten(tmp_path):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "metrics.json").write_text('{"val/probe_acc1": 0.5}\n')
-    proc, _ = train(f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 2 and "already holds a finished run" in proc.stderr
-    assert json.loads((run_dir / "metrics.json").read_text()) == {"val/probe_acc1": 0.5}
-
-
 def test_overrides_reach_the_run(tmp_path):
     """Every group and key can be overridden from the command line (a tiny folder data set)."""
     write_image_folder(tmp_path / "data" / "train", classes=2, per_class=8, size=24)

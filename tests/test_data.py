@@ -14,7 +14,7 @@ from vicreg_lightning.errors import ConfigError, DataError
 
 
 def configs(name: str, root: str = "", size: int = 16, batch_size: int = 4, **data):
-    data_cfg = OmegaConf.structured(DataConfig(name=name, root=root, batch_size=batch_size, num_workers=0, **data))
+    data_cfg = OmegaConf.structured(DataConfig(name=name, root=root, batch_size=batch_size, **{"num_workers": 0, **data}))
     aug = OmegaConf.structured(AugmentConfig(size=size, val_resize=size, blur_kernel_size=3))
     return data_cfg, aug
 

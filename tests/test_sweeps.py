@@ -5,12 +5,17 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.test_ddp import TINY, train
+from tests.test_ddp import ROOT, TINY, train
 from tests.wandb_records import read_offline_run
 from vicreg_lightning.sweep_summary import main as sweep_summary
 
@@ -109,11 +114,38 @@ def test_wandb_at_an_unreachable_server_warns_and_training_finishes(tmp_path):
 def test_a_resumed_run_continues_the_same_wandb_run(tmp_path):
     run_dir = tmp_path / "run"
     two_epochs = [*TINY, "trainer.max_epochs=2", "logger=wandb", f"hydra.run.dir={run_dir}"]
-    first = train(*two_epochs, "+callbacks.stop._target_=tests.helpers.StopAfterEpoch", "+callbacks.stop.epoch=1",
+    first = train(*two_epochs, "+callbacks.stop._target_=tests.helpers.SignalAtStep", "+callbacks.stop.step=4",
                   env=OFFLINE)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 143, first.stderr[-3000:]
     assert "wandb sync" in first.stdout
     second = train(*two_epochs, "ckpt_path=last", env=OFFLINE)
     assert second.returncode == 0, second.stderr[-3000:]
     runs = [read_offline_run(path) for path in offline_runs(run_dir)]
     assert len(runs) == 2 and runs[0].run_id == runs[1].run_id
+
+
+def test_a_stored_optuna_search_killed_after_its_first_trial_continues_the_same_study(tmp_path):
+    import optuna
+
+    sweep, storage = tmp_path / "optuna", f"sqlite:///{tmp_path / 'study.db'}"
+    command = [sys.executable, str(ROOT / "train.py"), "hparams_search=vicreg_optuna", "hydra.sweeper.n_trials=3",
+               f"hydra.sweeper.storage={storage}", *TINY, "callbacks.representation_health=null",
+               f"hydra.sweep.dir={sweep}"]
+    search = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (sweep / "1").exists() and search.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(search.pid, signal.SIGKILL)  # during the second trial
+    search.wait()
+    assert (sweep / "0" / "metrics.json").exists() and not (sweep / "1" / "metrics.json").exists()
+
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "continuing study 'vicreg': 2 trials so far (1 finished), 2 to go" in again.stdout
+    trials = optuna.load_study(study_name="vicreg", storage=storage).trials
+    # Trial 1, cut short, is marked failed; the count goes on from 2 up to 3 finished trials in all.
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert all((sweep / job / "metrics.json").exists() for job in ("0", "2", "3"))
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert result["best_value"] == max(t.value for t in trials if t.value is not None)

@@ -26,6 +26,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf.errors import OmegaConfBaseException
 
 from vicreg_lightning.errors import JobFailed, UserError
+from vicreg_lightning.run_dir import FAILURE_FILE, is_finished
 
 
 def describe_error(error: BaseException) -> str | None:
@@ -73,11 +74,6 @@ def exit_on_user_error(entry: Callable[[], Any]) -> Any:
         _exit_with(message)
 
 
-# What a job leaves in its run directory: the final metrics, or why it failed (``-m`` sweeps).
-METRICS_FILE = "metrics.json"
-FAILURE_FILE = "failure.json"
-
-
 def _sweep_job() -> Any:
     """This job's Hydra config when it is one job of a ``-m`` sweep, else None."""
     from hydra.core.hydra_config import HydraConfig
@@ -97,8 +93,9 @@ def _record_failed_job(job: Any, error: Exception) -> JobFailed:
     record = {"status": "failed", "error": reason, "type": type(error).__name__,
               "overrides": list(job.overrides.task)}
     output_dir = Path(job.runtime.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / FAILURE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    if not is_finished(output_dir):  # a job refused for a finished directory leaves it as it was
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / FAILURE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     message = f"job {job.job.num} ({' '.join(job.overrides.task)}) failed: {reason}"
     print(f"error: {message}", file=sys.stderr)
     return JobFailed(message)

@@ -79,6 +79,7 @@ class DataConfig:
     split_seed: int = 0
     train_dir: str = "train"  # folder data sets: sub-folders of root
     val_dir: str = "val"
+    bad_images: str = "error"  # folder data sets: files that cannot be images; error or skip
 
 
 @dataclass
@@ -190,6 +191,7 @@ def _check_values(cfg: DictConfig) -> None:
     require_value(data.num_workers >= -1, "data.num_workers", data.num_workers, "-1 (auto) or an integer >= 0")
     require_value(data.prefetch_factor >= 1, "data.prefetch_factor", data.prefetch_factor, "an integer >= 1")
     require_value(0.0 < data.val_fraction < 1.0, "data.val_fraction", data.val_fraction, "a fraction in (0, 1)")
+    require_value(data.bad_images in ("error", "skip"), "data.bad_images", data.bad_images, "error or skip")
 
     require_value(augment.size >= 1, "augment.size", augment.size, "a crop size in pixels >= 1")
     require_value(augment.val_resize >= augment.size, "augment.val_resize", augment.val_resize, f"an integer >= augment.size ({augment.size})")

@@ -43,7 +43,6 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from vicreg_lightning.cli import METRICS_FILE
 from vicreg_lightning.config import PathsConfig, check_config, require_value
 from vicreg_lightning.data.augment import eval_transform, view_transform
 from vicreg_lightning.data.catalog import UNLABELED
@@ -52,7 +51,7 @@ from vicreg_lightning.data.datasets import Transformed, build_datasets
 from vicreg_lightning.errors import ConfigError, DataError, UserError
 from vicreg_lightning.export import load_encoder
 from vicreg_lightning.knn import knn_class_scores
-from vicreg_lightning.train import write_metrics
+from vicreg_lightning.run_dir import METRICS_FILE, save_job_config, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -474,11 +473,13 @@ def pick_device(name: str, key: str = "device") -> torch.device:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Evaluate ``cfg.weights`` with every protocol of ``cfg.eval``; write ``metrics.json`` in
     ``paths.output_dir`` and return the metrics (flat ``{"eval/linear_acc1": ..., ...}``)."""
+    composed = cfg
     cfg = check_eval_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     if (output_dir / METRICS_FILE).exists():
         raise ConfigError(f"paths.output_dir={str(output_dir)!r} already holds a finished evaluation; "
                           "choose a new hydra.run.dir")
+    save_job_config(composed)
     device = pick_device(cfg.device)
     try:
         backbone, expander, info = load_encoder(cfg.weights, arch=cfg.arch)

@@ -44,9 +44,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import vicreg_lightning
-from vicreg_lightning.cli import METRICS_FILE, user_errors_exit
+from vicreg_lightning.cli import user_errors_exit
 from vicreg_lightning.errors import UserError
 from vicreg_lightning.models import build_backbone, build_expander, parse_expander_spec, weight_mismatches
+from vicreg_lightning.run_dir import METRICS_FILE
 
 BACKBONE_FILE = "backbone.pt"
 EXPANDER_FILE = "expander.pt"

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vicreg_lightning.data.catalog import UNLABELED
-from vicreg_lightning.data.datamodule import default_num_workers
+from vicreg_lightning.data.datamodule import default_num_workers, ignore_stop_signals
 from vicreg_lightning.data.datasets import Transformed
 
 
@@ -132,14 +132,17 @@ class KNNMonitor(pl.Callback):
             raise TypeError("KNNMonitor needs trainer.datamodule with train_set and val_set (a VICRegDataModule)")
         raw_train: Dataset = datamodule.train_set.dataset
         val: Dataset = datamodule.val_set
-        bank_indices = np.random.default_rng(self.seed).permutation(len(raw_train))[: self.max_train_samples]
+        # In the data set's order: the votes then match an offline k-NN over the same images exactly,
+        # as a near-tie between neighbours is broken by their order.
+        bank_indices = np.sort(np.random.default_rng(self.seed).permutation(len(raw_train))[: self.max_train_samples])
         bank_set = Transformed(Subset(raw_train, bank_indices.tolist()), val.transform)
         val_indices = range(min(len(val), self.max_val_samples or len(val)))
 
         rank, world = trainer.global_rank, trainer.world_size
-        bank, bank_labels = self._embed(trainer, pl_module, Subset(bank_set, range(rank, len(bank_set), world)))
+        bank_positions = torch.arange(rank, len(bank_set), world, device=pl_module.device)
+        bank, bank_labels = self._embed(trainer, pl_module, Subset(bank_set, bank_positions.tolist()))
         queries, query_labels = self._embed(trainer, pl_module, Subset(val, val_indices[rank::world]))
-        bank, bank_labels = self._gather(pl_module, bank, bank_labels, -(-len(bank_set) // world))
+        bank, bank_labels = self._gather(pl_module, bank, bank_labels, bank_positions, -(-len(bank_set) // world))
 
         counts = torch.zeros(2, device=pl_module.device)  # correct, labelled
         labelled = query_labels != UNLABELED
@@ -159,7 +162,7 @@ class KNNMonitor(pl.Callback):
     def _embed(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dataset: Dataset) -> tuple[Tensor, Tensor]:
         """Backbone features (float32) and labels of ``dataset``, on the module's device."""
         workers = trainer.datamodule.data_cfg.num_workers
-        loader = DataLoader(dataset, batch_size=self.batch_size,
+        loader = DataLoader(dataset, batch_size=self.batch_size, worker_init_fn=ignore_stop_signals,
                             num_workers=workers if workers >= 0 else default_num_workers())
         backbone, precision = pl_module.backbone, trainer.precision_plugin
         modes = {m: m.training for m in backbone.modules()}
@@ -179,16 +182,21 @@ class KNNMonitor(pl.Callback):
         return torch.cat(features), torch.cat(labels)
 
     @staticmethod
-    def _gather(pl_module: pl.LightningModule, features: Tensor, labels: Tensor, rows: int) -> tuple[Tensor, Tensor]:
-        """The labelled rows of every rank's ``features``: each rank pads its share to ``rows``
-        (the largest share) for ``all_gather``; the padding carries the unlabelled mark and goes
-        with the unlabelled images."""
+    def _gather(pl_module: pl.LightningModule, features: Tensor, labels: Tensor, positions: Tensor, rows: int
+                ) -> tuple[Tensor, Tensor]:
+        """The labelled rows of every rank's ``features``, in the order of their ``positions`` in the
+        bank: each rank pads its share to ``rows`` (the largest share) for ``all_gather``; the
+        padding carries the unlabelled mark and goes with the unlabelled images."""
         padded = features.new_zeros(rows, features.shape[1])
         padded[: len(features)] = features
         padded_labels = labels.new_full((rows,), UNLABELED)
         padded_labels[: len(labels)] = labels
+        padded_positions = positions.new_full((rows,), -1)
+        padded_positions[: len(positions)] = positions
         # Lightning adds a leading world dimension under DDP only.
         all_features = pl_module.all_gather(padded).reshape(-1, features.shape[1])
         all_labels = pl_module.all_gather(padded_labels).reshape(-1)
-        keep = all_labels != UNLABELED
+        all_positions = pl_module.all_gather(padded_positions).reshape(-1)
+        keep = torch.nonzero(all_labels != UNLABELED).squeeze(1)
+        keep = keep[all_positions[keep].argsort()]
         return all_features[keep], all_labels[keep]

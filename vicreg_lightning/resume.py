@@ -115,10 +115,14 @@ class CheckpointOnPreemption(pl.Callback):
     Other exceptions save nothing: a diverged or crashed run must not replace the last good
     checkpoint.
 
+    Ctrl-C (SIGINT) takes the same path: the run stops at the end of the step, saves, and exits as
+    a preempted run does; a second Ctrl-C stops it at once, saving nothing.
+
     ``requeue_signals`` (default ``SIGUSR2``, which submitit sends ``signal_delay_s`` before the
     time limit) are handled only where another handler already waits for them (submitit's, which
     requeues the job and exits): the signal is turned into SIGTERM's clean stop, the checkpoint is
-    saved, and the waiting handler runs afterwards. (Lightning's own SLURM auto-requeue, on
+    saved, and the waiting handler runs once the Trainer has shut down (:meth:`hand_over`, which
+    the run calls). (Lightning's own SLURM auto-requeue, on
     SIGUSR1, writes ``hpc_ckpt_*.ckpt``, which ``ckpt_path=last`` finds too.)
     """
 
@@ -127,15 +131,21 @@ class CheckpointOnPreemption(pl.Callback):
         self.requeue_signals = [signal.Signals[name] for name in requeue_signals]
         self._replaced: dict[signal.Signals, Any] = {}
         self._pending: tuple[Any, signal.Signals] | None = None
+        self._interrupt_handler: Any = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or threading.current_thread() is not threading.main_thread():
             return
+        self._interrupt_handler = signal.signal(signal.SIGINT, self._stop_on_interrupt)
         for signum in self.requeue_signals:
             waiting = signal.getsignal(signum)
             if callable(waiting):
                 self._replaced[signum] = waiting
                 signal.signal(signum, self._stop_then_hand_over)
+
+    def _stop_on_interrupt(self, signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, self._interrupt_handler)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def _stop_then_hand_over(self, signum: int, frame: Any) -> None:
         self._pending = (self._replaced[signal.Signals(signum)], signal.Signals(signum))
@@ -147,6 +157,10 @@ class CheckpointOnPreemption(pl.Callback):
             return
         trainer.save_checkpoint(self.path)
         pl.utilities.rank_zero_info(f"saved {self.path} at step {trainer.global_step}")
+
+    def hand_over(self) -> None:
+        """Run the requeue handler that waited for the signal which stopped the run, if any (it
+        usually exits the process)."""
         if self._pending is not None:
             handler, signum = self._pending
             self._pending = None
@@ -156,3 +170,6 @@ class CheckpointOnPreemption(pl.Callback):
         for signum, handler in self._replaced.items():
             signal.signal(signum, handler)
         self._replaced.clear()
+        if self._interrupt_handler is not None:
+            signal.signal(signal.SIGINT, self._interrupt_handler)
+            self._interrupt_handler = None

@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vicreg_lightning.cli import FAILURE_FILE, METRICS_FILE
+from vicreg_lightning.run_dir import FAILURE_FILE, METRICS_FILE
 from vicreg_lightning.errors import UserError
 
 # Shown next to the objective when the jobs report them.

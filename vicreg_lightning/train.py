@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from vicreg_lightning.cli import METRICS_FILE
+from vicreg_lightning.checkpoint_io import AtomicCheckpointIO
 from vicreg_lightning.config import check_config, check_trainer_arguments, instantiate_entry
 from vicreg_lightning.data.catalog import inspect_data
 from vicreg_lightning.data.datamodule import VICRegDataModule
 from vicreg_lightning.distributed import SyncBatchNormAnyDevice, one_job_of_many, use_job_command_for_ddp_children
-from vicreg_lightning.errors import ConfigError
 from vicreg_lightning.loggers import build_loggers, finish_loggers
 from vicreg_lightning.module import VICRegModule
-from vicreg_lightning.resume import check_checkpoint, resolve_checkpoint
+from vicreg_lightning.resume import CheckpointOnPreemption, check_checkpoint, resolve_checkpoint
+from vicreg_lightning.run_dir import METRICS_FILE, claim, read_metrics, save_job_config, write_metrics
 
 # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM.
 PREEMPTED_EXIT_CODE = 143
@@ -35,21 +34,6 @@ def _instantiate_callbacks(section: DictConfig | None) -> list[pl.Callback]:
     return callbacks
 
 
-def _refuse_to_overwrite(output_dir: Path, ckpt_path: str | None) -> None:
-    if ckpt_path is None and (output_dir / METRICS_FILE).exists():
-        raise ConfigError(
-            f"paths.output_dir={str(output_dir)!r} already holds a finished run; "
-            "choose a new hydra.run.dir, or pass ckpt_path to resume"
-        )
-
-
-def write_metrics(path: Path, metrics: dict[str, float]) -> None:
-    """Write ``metrics.json`` atomically: a reader never sees a half-written file."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def resolve_precision(precision: str | int, accelerator: str | None) -> str | int:
     """``trainer.precision=auto``: bf16 autocast where the run will use a GPU that supports it
     (the loss keeps var/cov in float32), else full float32."""
@@ -59,13 +43,32 @@ def resolve_precision(precision: str | int, accelerator: str | None) -> str | in
     return "bf16-mixed" if on_cuda and torch.cuda.is_bf16_supported() else "32-true"
 
 
+def build_trainer(cfg: DictConfig, loggers: list[Logger]) -> pl.Trainer:
+    """The run's ``Trainer``: ``cfg.trainer``'s arguments, the callbacks of ``cfg.callbacks``, and
+    the plugins every run has (atomic checkpoint files; SyncBatchNorm on any device)."""
+    trainer_args = OmegaConf.to_container(cfg.trainer)
+    trainer_args["precision"] = resolve_precision(trainer_args.get("precision", "auto"), trainer_args.get("accelerator"))
+    trainer_args["plugins"] = [*trainer_args.get("plugins", []), AtomicCheckpointIO()]
+    if trainer_args.get("sync_batchnorm"):
+        trainer_args["plugins"].append(SyncBatchNormAnyDevice())
+    return pl.Trainer(**trainer_args, callbacks=_instantiate_callbacks(cfg.callbacks), logger=loggers or False,
+                      default_root_dir=cfg.paths.output_dir)
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Pretrain, write ``metrics.json`` in ``paths.output_dir``; return the final metrics (flat
-    ``{"val/probe_acc1": ..., "train/loss": ...}``). ``cfg`` may be checked already."""
+    ``{"val/probe_acc1": ..., "train/loss": ...}``). ``cfg`` may be checked already.
+
+    A finished run is never written into: ``ckpt_path=last`` on it (a requeued job that had
+    already ended) returns its recorded metrics, anything else is refused."""
+    composed = cfg
     cfg = check_config(cfg)
     check_trainer_arguments(cfg.trainer)
     output_dir = Path(cfg.paths.output_dir)
-    _refuse_to_overwrite(output_dir, cfg.ckpt_path)
+    if not claim(output_dir, cfg.ckpt_path):
+        print(f"{output_dir} holds a finished run ({METRICS_FILE}); nothing to do")
+        return read_metrics(output_dir)
+    save_job_config(composed)
     if cfg.seed is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -82,17 +85,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         check_checkpoint(ckpt_path, module, cfg.ckpt_path)
     elif cfg.ckpt_path is not None:
         print(f"ckpt_path=last: no checkpoint in {output_dir} yet, starting from scratch", file=sys.stderr)
-    callbacks = _instantiate_callbacks(cfg.callbacks)
     loggers = build_loggers(cfg.logger, cfg)
-    trainer_args = OmegaConf.to_container(cfg.trainer)
-    trainer_args["precision"] = resolve_precision(trainer_args.get("precision", "auto"), trainer_args.get("accelerator"))
-    if trainer_args.get("sync_batchnorm"):
-        trainer_args["plugins"] = [*trainer_args.get("plugins", []), SyncBatchNormAnyDevice()]
     use_job_command_for_ddp_children()
     with one_job_of_many():
-        trainer = pl.Trainer(
-            **trainer_args, callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir)
-        )
+        trainer = build_trainer(cfg, loggers)
         try:
             metrics = _fit(trainer, module, datamodule, ckpt_path, output_dir)
         except BaseException:
@@ -115,8 +111,11 @@ def _fit(
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
+        for callback in trainer.callbacks:
+            if isinstance(callback, CheckpointOnPreemption):
+                callback.hand_over()
         # Exit non-zero: a scheduler, or a sweep, must not take a preempted run for a finished one.
-        print(f"stopped by SIGTERM at step {trainer.global_step}; resume with: hydra.run.dir={output_dir} "
+        print(f"stopped (SIGTERM or Ctrl-C) at step {trainer.global_step}; resume with: hydra.run.dir={output_dir} "
               "ckpt_path=last", file=sys.stderr)
         raise SystemExit(PREEMPTED_EXIT_CODE) from None
 

@@ -33,30 +33,38 @@ from torchvision.transforms import v2
 cv2.setNumThreads(1)
 
 
-def _uniform(low: float, high: float) -> float:
-    return float(torch.empty(()).uniform_(low, high))
+def view_generator(seed: int, epoch: int, index: int, view: int) -> torch.Generator:
+    """The random stream of one view of one sample in one epoch: a generator seeded by a hash of
+    the four numbers (NumPy's ``SeedSequence``), so that the draws depend on nothing else: not on
+    the loader worker, the number of workers or devices, nor where a run was interrupted."""
+    state = np.random.SeedSequence([seed, epoch, index, view]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def _chance(prob: float) -> bool:
+def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
+    return float(torch.empty(()).uniform_(low, high, generator=generator))
+
+
+def _chance(prob: float, generator: torch.Generator | None) -> bool:
     # Drawn even when prob is 0 or 1, so that every sample consumes the same random stream.
-    return bool(torch.rand(()) < prob)
+    return bool(torch.rand((), generator=generator) < prob)
 
 
-def crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float]
-             ) -> tuple[int, int, int, int]:
+def crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+             generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
     """``(top, left, h, w)`` of a random crop of ``scale`` × the area and aspect ``ratio``:
     torchvision's ``RandomResizedCrop`` draw, the same random numbers in the same order (ten
-    tries, then the central crop clamped to ``ratio``)."""
+    tries, then the central crop clamped to ``ratio``). ``generator`` None: torch's global one."""
     area = height * width
     log_ratio = torch.log(torch.tensor(ratio))
     for _ in range(10):
-        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
-        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1]).item())
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item())
         w = round(math.sqrt(target_area * aspect))
         h = round(math.sqrt(target_area / aspect))
         if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, size=(1,)).item())
-            left = int(torch.randint(0, width - w + 1, size=(1,)).item())
+            top = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
+            left = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
             return top, left, h, w
     in_ratio = width / height
     if in_ratio < min(ratio):
@@ -80,25 +88,26 @@ def _gray(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
 
 
-def _color_jitter(image: np.ndarray, brightness: float, contrast: float, saturation: float, hue: float
+def _color_jitter(image: np.ndarray, jitter: tuple[float, float, float, float], generator: torch.Generator | None
                   ) -> np.ndarray:
     """torchvision's ``ColorJitter``: each of the four adjustments with a uniform factor, in a random
     order; an adjustment configured as 0 is skipped, as there."""
-    steps = torch.randperm(4).tolist()
+    brightness, contrast, saturation, hue = jitter
+    steps = torch.randperm(4, generator=generator).tolist()
     for step in steps:
         if step == 0 and brightness > 0:
-            factor = _uniform(max(0.0, 1 - brightness), 1 + brightness)
+            factor = _uniform(max(0.0, 1 - brightness), 1 + brightness, generator)
             image = cv2.LUT(image, _lut(_IDENTITY * factor))
         elif step == 1 and contrast > 0:
-            factor = _uniform(max(0.0, 1 - contrast), 1 + contrast)
+            factor = _uniform(max(0.0, 1 - contrast), 1 + contrast, generator)
             mean = float(_gray(image).mean())
             image = cv2.LUT(image, _lut(factor * _IDENTITY + (1 - factor) * mean))
         elif step == 2 and saturation > 0:
-            factor = _uniform(max(0.0, 1 - saturation), 1 + saturation)
+            factor = _uniform(max(0.0, 1 - saturation), 1 + saturation, generator)
             gray = cv2.cvtColor(_gray(image), cv2.COLOR_GRAY2RGB)
             image = cv2.addWeighted(image, factor, gray, 1 - factor, 0)
         elif step == 3 and hue > 0:
-            shift = _uniform(-hue, hue)
+            shift = _uniform(-hue, hue, generator)
             # OpenCV's *_FULL hue spans the whole uint8 range, so a shift is an addition modulo 256.
             hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV_FULL)
             hsv[..., 0] += np.uint8(round(shift * 256) % 256)
@@ -126,38 +135,42 @@ class ViewAugment:
         threshold = aug.solarize_threshold
         self.solarize_lut = _lut(np.where(_IDENTITY >= threshold, 255 - _IDENTITY, _IDENTITY))
 
-    def __call__(self, image: Tensor) -> Tensor:
+    def __call__(self, image: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``generator``: the view's random stream (:func:`view_generator`); None: torch's global one."""
         pixels = image.permute(1, 2, 0).numpy()
-        top, left, h, w = crop_box(pixels.shape[0], pixels.shape[1], self.scale, self.ratio)
+        top, left, h, w = crop_box(pixels.shape[0], pixels.shape[1], self.scale, self.ratio, generator)
         shrink = h * w > self.size * self.size
         out = cv2.resize(
             np.ascontiguousarray(pixels[top:top + h, left:left + w]), (self.size, self.size),
             interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC,
         )
-        if _chance(self.hflip_prob):
+        if _chance(self.hflip_prob, generator):
             out = cv2.flip(out, 1)
-        if _chance(self.jitter_prob):
-            out = _color_jitter(out, *self.jitter)
-        if _chance(self.grayscale_prob):
+        if _chance(self.jitter_prob, generator):
+            out = _color_jitter(out, self.jitter, generator)
+        if _chance(self.grayscale_prob, generator):
             out = cv2.cvtColor(_gray(out), cv2.COLOR_GRAY2RGB)
-        if _chance(self.blur_prob):
-            sigma = _uniform(*self.blur_sigma)
+        if _chance(self.blur_prob, generator):
+            sigma = _uniform(*self.blur_sigma, generator)
             k = self.blur_kernel_size
             out = cv2.GaussianBlur(out, (k, k), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
-        if _chance(self.solarize_prob):
+        if _chance(self.solarize_prob, generator):
             out = cv2.LUT(out, self.solarize_lut)
         return torch.from_numpy(out).permute(2, 0, 1)
 
 
 class TwoViews:
-    """Both views of one decoded image: ``image -> (view_a, view_b)``, uint8."""
+    """Both views of one decoded image, uint8: ``(image, epoch, index) -> (view_a, view_b)``, each
+    view drawn from its own :func:`view_generator` of ``(seed, epoch, index, view)``."""
 
-    def __init__(self, aug: Any) -> None:
+    def __init__(self, aug: Any, seed: int) -> None:
         self.view_a = ViewAugment(aug, aug.view_a)
         self.view_b = ViewAugment(aug, aug.view_b)
+        self.seed = seed
 
-    def __call__(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        return self.view_a(image), self.view_b(image)
+    def __call__(self, image: Tensor, epoch: int, index: int) -> tuple[Tensor, Tensor]:
+        return (self.view_a(image, view_generator(self.seed, epoch, index, 0)),
+                self.view_b(image, view_generator(self.seed, epoch, index, 1)))
 
 
 def _to_float(aug: Any) -> list[v2.Transform]:
@@ -189,6 +202,17 @@ def same_size(aug: Any) -> v2.Transform:
         return v2.Identity()
     return v2.Compose([v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
                        v2.CenterCrop(size)])
+
+
+class SameSize:
+    """:func:`same_size` as a training transform, ``(image, epoch, index) -> image``: the loader
+    draws nothing when the views are made on the device."""
+
+    def __init__(self, aug: Any) -> None:
+        self.transform = same_size(aug)
+
+    def __call__(self, image: Tensor, epoch: int, index: int) -> Tensor:
+        return self.transform(image)
 
 
 class Normalize(nn.Module):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import warnings
 from typing import Any
 
 import lightning.pytorch as pl
@@ -11,9 +13,27 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from vicreg_lightning.data.augment import BatchViewAugment, Normalize, TwoViews, eval_transform, same_size
-from vicreg_lightning.data.datasets import TensorImages, Transformed, build_datasets
+from vicreg_lightning.data.augment import BatchViewAugment, Normalize, SameSize, TwoViews, eval_transform
+from vicreg_lightning.data.datasets import KeyedSamples, TensorImages, Transformed, build_datasets
+from vicreg_lightning.data.sampler import EpochSampler
 from vicreg_lightning.errors import ConfigError, DataError
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C and the first SIGTERM to the main process. A scheduler signals
+    every process of a job, and Ctrl-C the terminal's whole process group: a worker that died of it
+    would end the run with a DataLoader error (raised at any point of a step) instead of the
+    checkpoint-and-exit path. The main process shuts its workers down as it exits; a second SIGTERM
+    (what Python sends daemon processes left at exit) ends a worker as usual.
+
+    Their random state needs no seeding: the augmentation draws from generators keyed by the sample
+    (:func:`~vicreg_lightning.data.augment.view_generator`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _end_on_the_next_sigterm)
+
+
+def _end_on_the_next_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def default_num_workers() -> int:
@@ -27,11 +47,13 @@ class VICRegDataModule(pl.LightningDataModule):
     validation. ``data.batch_size`` is the global batch: each of the trainer's ranks loads
     ``batch_size / world_size`` samples per step.
 
-    The training order is a function of ``seed`` and the epoch alone: the ranks of a DDP run split
-    the same shuffled order that a single process walks through, so each step's global batch is
-    the same set of images whatever the number of devices, and a resumed run sees the data a run
-    without interruption would. Validation gives every image to exactly one rank (no padding), so
-    the synchronised probe metrics equal a single process's.
+    The training order is a function of ``seed`` and the epoch alone (:class:`EpochSampler`), and so
+    are the views: each view's random draws come from ``(seed, epoch, sample index, view)``
+    (:class:`~vicreg_lightning.data.augment.TwoViews`). A sample's views are therefore the same
+    whatever the number of loader workers or devices, and a run resumed from any checkpoint, at an
+    epoch's end or within one, sees exactly the batches an uninterrupted run would. Validation gives
+    every image to exactly one rank (no padding), so the synchronised probe metrics equal a single
+    process's.
 
     Loader workers yield uint8 images; normalisation (and, with ``augment.on_device=true``, the
     whole two-view augmentation, see :class:`~vicreg_lightning.data.augment.BatchViewAugment`)
@@ -44,6 +66,20 @@ class VICRegDataModule(pl.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.num_classes: int | None = None
+        self._train_sampler: EpochSampler | None = None
+        self._resume_position: dict[str, int] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint: where the training order goes on (epoch, batch)."""
+        return {"train_position": self._train_sampler.state_dict()} if self._train_sampler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restored before the training loader exists (Lightning restores the data module before it
+        first asks for the loader, which may happen before the loops' own state is restored), so the
+        loader's first iterator, whenever it is made, starts at the saved position."""
+        self._resume_position = state.get("train_position")
+        # Lightning cannot see that the position is restored here and warns about it.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
     def prepare_data(self) -> None:
         # Runs once per node, before setup on every rank: the only place that downloads.
@@ -70,10 +106,10 @@ class VICRegDataModule(pl.LightningDataModule):
                     "cannot be batched before cropping; set augment.device_source_size (e.g. 256)"
                 )
             # One stored image per sample; both views are cut from it on the device.
-            self.train_set = Transformed(train, same_size(aug))
+            self.train_set = KeyedSamples(train, SameSize(aug))
             self.device_views = nn.ModuleList([BatchViewAugment(aug, aug.view_a), BatchViewAugment(aug, aug.view_b)])
         else:
-            self.train_set = Transformed(train, TwoViews(aug))
+            self.train_set = KeyedSamples(train, TwoViews(aug, self.seed))
         self.normalize = Normalize(aug.mean, aug.std)
         self.val_set = Transformed(val, eval_transform(aug))
 
@@ -107,13 +143,16 @@ class VICRegDataModule(pl.LightningDataModule):
             )
         return batch // world
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def _batches_done(self) -> int:
+        """Batches of the current epoch whose training step has run (also inside
+        ``on_train_batch_end``, where Lightning's ``completed`` counter is one behind)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0
+
+    def _batches_per_epoch(self) -> int | float:
+        return self.trainer.num_training_batches if self.trainer else float("inf")
+
+    def _loader(self, dataset: Dataset, sampler: DistributedSampler, train: bool) -> DataLoader:
         workers = self.data_cfg.num_workers if self.data_cfg.num_workers >= 0 else default_num_workers()
-        sampler_type = DistributedSampler if train else UnrepeatedDistributedSampler
-        # Lightning keeps a DistributedSampler it is given (and calls set_epoch on it).
-        sampler = sampler_type(
-            dataset, num_replicas=self.world_size, rank=self.rank, shuffle=train, seed=self.seed, drop_last=train
-        )
         return DataLoader(
             dataset,
             batch_size=self.per_device_batch_size,
@@ -124,12 +163,19 @@ class VICRegDataModule(pl.LightningDataModule):
             pin_memory=self.data_cfg.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.data_cfg.persistent_workers and workers > 0,
             prefetch_factor=self.data_cfg.prefetch_factor if workers > 0 else None,
+            worker_init_fn=ignore_stop_signals,
         )
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
-        return self._loader(self.train_set, train=True)
+        self._train_sampler = EpochSampler(self.train_set, self.world_size, self.rank, self.seed,
+                                           self.per_device_batch_size, self._batches_done, self._batches_per_epoch)
+        if self._resume_position is not None:
+            self._train_sampler.load_state_dict(self._resume_position)
+            self._resume_position = None
+        return self._loader(self.train_set, self._train_sampler, train=True)
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup() first"
-        return self._loader(self.val_set, train=False)
+        sampler = UnrepeatedDistributedSampler(self.val_set, num_replicas=self.world_size, rank=self.rank, shuffle=False)
+        return self._loader(self.val_set, sampler, train=False)

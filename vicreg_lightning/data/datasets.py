@@ -9,7 +9,8 @@ label -1, which the online probe ignores.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,10 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vicreg_lightning.data.catalog import not_found, split_folder
+from vicreg_lightning.data.files import check_folder_walk, describe_bad_images, find_bad_images
 from vicreg_lightning.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 class TensorImages(Dataset):
@@ -52,6 +56,24 @@ class Transformed(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image, label = self.dataset[index]
         return self.transform(image), label
+
+
+class KeyedSamples(Dataset):
+    """Training samples addressed by ``(epoch, index)`` keys (what
+    :class:`~vicreg_lightning.data.sampler.EpochSampler` yields):
+    ``(epoch, index) -> (transform(image, epoch, index), label)``, so that a sample's augmentation
+    can be a function of the epoch and the index alone."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[Tensor, int, int], Any]) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Any, int]:
+        epoch, index = key
+        image, label = self.dataset[index]
+        return self.transform(image, epoch, index), label
 
 
 def read_rgb(path: str) -> Tensor:
@@ -132,15 +154,36 @@ def stl10(root: str, download: bool) -> tuple[Dataset, Dataset, int]:
     )
 
 
-def image_folder(root: str, split_dir: str) -> torchvision.datasets.ImageFolder:
+def image_folder(root: str, split_dir: str, bad_images: str, other_splits: Sequence[str] = ()
+                 ) -> torchvision.datasets.ImageFolder:
     folder = split_folder(root, split_dir)
+    check_folder_walk(folder, [Path(root) / other for other in other_splits])
     try:
-        return torchvision.datasets.ImageFolder(str(folder), loader=read_rgb)
+        dataset = torchvision.datasets.ImageFolder(str(folder), loader=read_rgb)
     except FileNotFoundError as e:
         raise DataError(f"data.root={root!r}: no images in {str(folder)!r} ({e})") from None
+    return without_bad_images(dataset, bad_images)
 
 
-def imagenet(root: str) -> tuple[Dataset, Dataset, int]:
+def without_bad_images(dataset: torchvision.datasets.ImageFolder, bad_images: str) -> torchvision.datasets.ImageFolder:
+    """Find the files of ``dataset`` that cannot be images before training: refuse them
+    (``data.bad_images=error``), or drop them with a warning that names them all (``skip``)."""
+    bad = find_bad_images([path for path, _ in dataset.samples])
+    if not bad:
+        return dataset
+    summary = describe_bad_images(bad, len(dataset.samples))
+    if bad_images != "skip":
+        raise DataError(f"data.root: {summary}; fix or remove them, or set data.bad_images=skip")
+    log.warning("skipping %s:\n%s", summary, "\n".join(f"{path}: {reason}" for path, reason in bad))
+    dropped = {path for path, _ in bad}
+    dataset.samples = dataset.imgs = [sample for sample in dataset.samples if sample[0] not in dropped]
+    dataset.targets = [target for _, target in dataset.samples]
+    if not dataset.samples:
+        raise DataError(f"data.root: {summary}; none is left")
+    return dataset
+
+
+def imagenet(root: str, bad_images: str) -> tuple[Dataset, Dataset, int]:
     """ILSVRC-2012 in torchvision's layout (``train/``, ``val/`` and the devkit or ``meta.bin``).
     ImageNet cannot be downloaded automatically; torchvision prepares it from the archives."""
     try:
@@ -151,15 +194,16 @@ def imagenet(root: str) -> tuple[Dataset, Dataset, int]:
             f"data=imagenet: data.root={root!r} does not hold ImageNet in torchvision's layout ({e}); "
             "put ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz there"
         ) from None
-    return train, val, len(train.classes)
+    return without_bad_images(train, bad_images), without_bad_images(val, bad_images), len(train.classes)
 
 
-def folder_with_split(root: str, train_dir: str, val_dir: str, val_fraction: float, split_seed: int
-                      ) -> tuple[Dataset, Dataset, int]:
+def folder_with_split(root: str, train_dir: str, val_dir: str, val_fraction: float, split_seed: int,
+                      bad_images: str) -> tuple[Dataset, Dataset, int]:
     """Any ImageFolder; without a ``val_dir`` folder, a seeded stratified split of ``train_dir``."""
-    train = image_folder(root, train_dir)
-    if (Path(root) / val_dir).is_dir():
-        val = image_folder(root, val_dir)
+    has_val = (Path(root) / val_dir).is_dir()
+    train = image_folder(root, train_dir, bad_images, other_splits=[val_dir] if has_val else [])
+    if has_val:
+        val = image_folder(root, val_dir, bad_images, other_splits=[train_dir])
         if val.classes != train.classes:
             raise DataError(
                 f"data.root={root!r}: classes of {val_dir}/ ({len(val.classes)}) differ from {train_dir}/ "
@@ -184,7 +228,8 @@ def build_datasets(data: Any) -> tuple[Dataset, Dataset, int]:
     if data.name == "stl10":
         return stl10(data.root, data.download)
     if data.name == "imagenet":
-        return imagenet(data.root)
+        return imagenet(data.root, data.bad_images)
     if data.name == "imagefolder":
-        return folder_with_split(data.root, data.train_dir, data.val_dir, data.val_fraction, data.split_seed)
+        return folder_with_split(data.root, data.train_dir, data.val_dir, data.val_fraction, data.split_seed,
+                                 data.bad_images)
     raise DataError(f"data.name={data.name!r}: unknown data set")

@@ -1,0 +1,91 @@
+"""The training data is a function of (seed, epoch, sample, view): the same views for any number of
+loader workers and devices, and a saved position continues the same order."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from torch.utils.data import TensorDataset
+
+from tests.test_data import configs
+from tests.test_presets import compose_train
+from vicreg_lightning.data.datamodule import VICRegDataModule
+from vicreg_lightning.data.sampler import EpochSampler
+from vicreg_lightning.train import run
+
+BATCH = 16
+
+
+def epoch_batches(workers: int = 0, world: int = 1, rank: int = 0, seed: int = 0, epochs: int = 2
+                  ) -> list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """``[epoch][step] -> (view_a, view_b, labels)`` of one rank, the first 3 steps of each epoch,
+    from one loader (persistent workers carry over from epoch to epoch)."""
+    data, aug = configs("digits", size=8, batch_size=BATCH, num_workers=workers, persistent_workers=True)
+    dm = VICRegDataModule(data, aug, seed=seed)
+    dm.trainer = SimpleNamespace(world_size=world, global_rank=rank)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    result = []
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
+        steps = []
+        for step, ((view_a, view_b), labels) in enumerate(loader):
+            steps.append((view_a, view_b, labels))
+            if step == 2:
+                break
+        result.append(steps)
+    return result
+
+
+def test_the_views_of_a_sample_are_the_same_for_any_number_of_workers_and_devices():
+    reference = epoch_batches()
+    with_workers = epoch_batches(workers=2)
+    two_ranks = [epoch_batches(world=2, rank=rank) for rank in (0, 1)]
+    for epoch in range(2):
+        for step, (view_a, view_b, labels) in enumerate(reference[epoch]):
+            assert all(torch.equal(x, y) for x, y in zip((view_a, view_b, labels), with_workers[epoch][step]))
+            # Rank r trains on every other sample of the global batch: the same samples, the same views.
+            for rank in (0, 1):
+                for whole, part in zip((view_a, view_b, labels), two_ranks[rank][epoch][step]):
+                    assert torch.equal(whole[rank::2], part)
+    # The views change from epoch to epoch and with the seed (the comparison above can fail).
+    assert not torch.equal(reference[0][0][0], reference[1][0][0])
+    assert not torch.equal(reference[0][0][0], epoch_batches(seed=1, epochs=1)[0][0][0])
+
+
+def sampler(batches_done: int = 0, batches_per_epoch: int = 10) -> EpochSampler:
+    return EpochSampler(TensorDataset(torch.zeros(100)), num_replicas=2, rank=1, seed=3, batch_size=4,
+                        batches_done=lambda: batches_done, batches_per_epoch=lambda: batches_per_epoch)
+
+
+def test_a_position_saved_mid_epoch_continues_with_the_next_batch_of_the_same_order():
+    uninterrupted = sampler()
+    uninterrupted.set_epoch(5)
+    order = list(uninterrupted)
+    assert {epoch for epoch, _ in order} == {5} and len(order) == 50
+
+    interrupted = sampler(batches_done=3)
+    interrupted.set_epoch(5)
+    state = interrupted.state_dict()
+    assert state == {"epoch": 5, "batch": 3}
+    resumed = sampler()
+    resumed.load_state_dict(state)
+    assert list(resumed) == order[3 * 4:]
+    assert list(resumed) == order, "the skip applies to the first iteration only"
+
+
+def test_a_position_saved_at_an_epochs_end_starts_the_next_epoch():
+    finished = sampler(batches_done=10)
+    finished.set_epoch(5)
+    assert finished.state_dict() == {"epoch": 6, "batch": 0}
+
+
+def test_digits_runs_with_and_without_loader_workers_reach_the_same_probe_accuracy(tmp_path):
+    shrink = ["trainer.max_epochs=3", "trainer.limit_train_batches=3", "trainer.enable_progress_bar=false",
+              "callbacks.representation_health=null"]
+    without = run(compose_train(*shrink, "data.num_workers=0", f"paths.output_dir={tmp_path / 'none'}"))
+    with_workers = run(compose_train(*shrink, "data.num_workers=2", f"paths.output_dir={tmp_path / 'two'}"))
+    assert without["step"] == with_workers["step"] == 9
+    assert without["val/probe_acc1"] == with_workers["val/probe_acc1"]
+    assert without["train/loss"] == with_workers["train/loss"]

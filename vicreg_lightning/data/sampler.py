@@ -1,0 +1,48 @@
+"""The training order, and its position in a checkpoint.
+
+The order is a function of seed and epoch, with the same global batches on any number of devices;
+its position (the epoch and the batches of it already trained on) is saved in every checkpoint, so
+that a run resumed from any checkpoint, at an epoch's end or within one, goes on with the next
+batch of the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from torch.utils.data import Dataset, DistributedSampler
+
+
+class EpochSampler(DistributedSampler):
+    """``DistributedSampler`` (shuffled by ``seed`` and the epoch; each rank takes every
+    ``world_size``-th index, so that each step's global batch is the same set of samples whatever
+    the number of ranks) that yields ``(epoch, index)`` keys: the loader workers then know the epoch
+    of every sample they augment, persistent or not.
+
+    ``batches_done()`` and ``batches_per_epoch()`` tell, when a checkpoint is saved, how far the run
+    has got in the epoch (:meth:`state_dict`); :meth:`load_state_dict` makes the next iteration start
+    there.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, batch_size: int,
+                 batches_done: Callable[[], int], batches_per_epoch: Callable[[], int | float]) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.batch_size = batch_size
+        self.batches_done, self.batches_per_epoch = batches_done, batches_per_epoch
+        self._skip_batches = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        skip, self._skip_batches = self._skip_batches * self.batch_size, 0
+        epoch = self.epoch
+        return ((epoch, index) for index in list(super().__iter__())[skip:])
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the next batch comes from: ``{"epoch": e, "batch": k}``."""
+        done = self.batches_done()
+        if done >= self.batches_per_epoch():
+            return {"epoch": self.epoch + 1, "batch": 0}
+        return {"epoch": self.epoch, "batch": done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """The next iteration (only) starts at ``state``'s batch of ``state``'s epoch."""
+        self.set_epoch(state["epoch"])
+        self._skip_batches = state["batch"]

@@ -1,0 +1,102 @@
+"""What a run directory holds, and the rule that protects it: nothing saved there is lost.
+
+A job's directory (``hydra.run.dir``) holds ``.hydra/`` (the composed config, Hydra's config and
+the overrides), ``metrics.json`` once the job has finished, ``failure.json`` when a job of a
+``-m`` sweep failed, and whatever the job writes itself (checkpoints, logs).
+
+Hydra would write ``.hydra/`` as the job starts, before the job can look at the directory: a run
+refused because the directory holds a finished run would still replace the finished run's config.
+So ``conf/hydra/default.yaml`` sets ``hydra.output_subdir: null`` and the job writes ``.hydra/``
+itself (:func:`save_job_config`) once :func:`claim` has allowed it.
+
+This module imports no torch or Lightning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from vicreg_lightning.errors import ConfigError
+
+METRICS_FILE = "metrics.json"
+FAILURE_FILE = "failure.json"
+CONFIG_DIR = ".hydra"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def is_finished(output_dir: Path) -> bool:
+    return (output_dir / METRICS_FILE).is_file()
+
+
+def read_metrics(output_dir: Path) -> dict[str, float]:
+    return json.loads((output_dir / METRICS_FILE).read_text())
+
+
+def write_metrics(path: Path, metrics: dict[str, float]) -> None:
+    """Write ``metrics.json`` atomically: a reader never sees a half-written file."""
+    write_atomically(path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: the old
+    content stays whole until the new one is."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def claim(output_dir: Path, ckpt_path: str | None) -> bool:
+    """May a training job write into ``output_dir``? False when ``ckpt_path=last`` finds the run
+    there finished (a requeued job that had already ended: nothing to do). Raises, before anything
+    is written, when the job would overwrite saved work: a finished run, or the checkpoints of an
+    unfinished one started again from scratch."""
+    if is_finished(output_dir):
+        if ckpt_path == "last":
+            return False
+        raise ConfigError(
+            f"hydra.run.dir={str(output_dir)!r} already holds a finished run (metrics.json); choose a new "
+            "hydra.run.dir (to train it longer: hydra.run.dir=<new> "
+            f"ckpt_path={output_dir / CHECKPOINT_DIR / 'last.ckpt'})"
+        )
+    if ckpt_path is None and any((output_dir / CHECKPOINT_DIR).glob("*.ckpt")):
+        raise ConfigError(
+            f"hydra.run.dir={str(output_dir)!r} holds the checkpoints of an unfinished run; resume it with "
+            "ckpt_path=last, or choose a new hydra.run.dir"
+        )
+    return True
+
+
+def _is_first_process() -> bool:
+    """Rank 0 of a job, told from the environment as Lightning tells it (a DDP child, a SLURM task
+    and a second node's processes carry their rank there before any process group exists)."""
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if name in os.environ:
+            return int(os.environ[name]) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    return int(os.environ.get("NODE_RANK", "0")) == 0
+
+
+def save_job_config(cfg: Any) -> None:
+    """Write ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` into the job's run
+    directory, as Hydra would (nothing outside a Hydra job, nothing on other ranks than 0)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or not _is_first_process():
+        return
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir) / CONFIG_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    documents = {
+        "config.yaml": cfg,
+        "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
+        "overrides.yaml": hydra_cfg.overrides.task,
+    }
+    for name, document in documents.items():
+        write_atomically(folder / name, OmegaConf.to_yaml(document))
