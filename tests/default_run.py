@@ -29,7 +29,7 @@ DEFAULT_RUN = ("trainer.enable_progress_bar=false",)
 # (two DDP ranks against one process) turned one image of 360.
 TINY_RUN = (
     "trainer.max_epochs=1", "trainer.limit_train_batches=2", "data.batch_size=32", "model.expander=64-64",
-    "data.num_workers=0", "trainer.enable_progress_bar=false", "optim=lars",
+    "data.num_workers=0", "trainer.enable_progress_bar=false", "optim=lars", "optim.warmup_epochs=0",
 )
 
 def trained_run(tmp_path_factory: pytest.TempPathFactory, name: str, overrides: tuple[str, ...],

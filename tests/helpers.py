@@ -35,6 +35,18 @@ class SignalAtStep(pl.Callback):
                 os.kill(os.getpid(), self.signal)
 
 
+class SignalDuringValidation(pl.Callback):
+    """Send SIGTERM to this process in the middle of one epoch's validation (after its first batch)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object,
+                                batch: object, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not trainer.sanity_checking and trainer.current_epoch == self.epoch and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 class StandInRequeueHandler(pl.Callback):
     """Installs, when built (before the run's callbacks set up), a SIGUSR2 handler standing in for
     submitit's: it records that it ran and exits, as submitit's does after requeueing the job."""
@@ -46,3 +58,50 @@ class StandInRequeueHandler(pl.Callback):
             raise SystemExit(-1)
 
         signal.signal(signal.SIGUSR2, requeue)
+
+
+class CountHostSyncs(pl.Callback):
+    """Count, per training step, the calls that make the host wait for the device (a tensor read on
+    the host: ``item``, ``tolist``, ``bool()``, ``float()``, ``int()``, ``numpy``), from one step's
+    start to the next's. Counts land in the class attribute ``steps``: ``{step: calls}``."""
+
+    READS = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy")
+    steps: dict[int, int] = {}
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.originals: dict[str, object] = {}
+        self.current: int | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        import torch
+
+        type(self).steps = {}
+        for name in self.READS:
+            original = getattr(torch.Tensor, name)
+            self.originals[name] = original
+
+            def counted(tensor, *args, _original=original, **kwargs):
+                self.calls += 1
+                return _original(tensor, *args, **kwargs)
+
+            setattr(torch.Tensor, name, counted)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object,
+                             batch_idx: int) -> None:
+        self._close_step()
+        self.current, self.calls = trainer.global_step, 0
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close_step()
+
+    def _close_step(self) -> None:
+        if self.current is not None:
+            type(self).steps[self.current] = self.calls
+        self.current = None
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        import torch
+
+        for name, original in self.originals.items():
+            setattr(torch.Tensor, name, original)

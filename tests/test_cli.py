@@ -80,7 +80,7 @@ def test_overrides_reach_the_run(tmp_path):
         "data=imagefolder", f"data.root={tmp_path / 'data'}", "data.batch_size=4", "data.num_workers=0",
         "augment.size=16", "augment.val_resize=16", "augment.blur_kernel_size=3",
         "model.backbone=resnet10", "model.expander=32-16", "loss.sim_coeff=10", "loss.std_coeff=10",
-        "loss.cov_coeff=2", "optim=sgd", "optim.base_lr=0.05", "trainer.max_epochs=2",
+        "loss.cov_coeff=2", "optim=sgd", "optim.base_lr=0.05", "optim.warmup_epochs=1", "trainer.max_epochs=2",
         "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

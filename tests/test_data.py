@@ -157,3 +157,9 @@ def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
     dm = VICRegDataModule(*configs("cifar10", str(tmp_path), download=True))
     with pytest.raises(DataError, match="downloading into data.root=.* failed .*Network is unreachable"):
         dm.prepare_data()
+
+
+def test_an_image_folder_with_one_class_is_refused(tmp_path):
+    write_image_folder(tmp_path / "train", classes=1, per_class=4)
+    with pytest.raises(DataError, match="one class folder .*'class0'.* need at least 2"):
+        inspect_data(configs("imagefolder", str(tmp_path))[0])

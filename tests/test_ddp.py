@@ -108,3 +108,10 @@ def test_default_digits_run_on_two_devices_matches_one_device(tmp_path):
     metrics_two = finished(train(*DDP, "trainer.enable_progress_bar=false", f"hydra.run.dir={two}"), two)
     assert {p.name for p in tmp_path.iterdir()} == {"one", "two"}  # one run directory per run
     assert abs(metrics_two["val/probe_acc1"] - metrics_one["val/probe_acc1"]) <= 0.02
+
+
+def test_a_global_batch_that_does_not_divide_over_the_devices_is_refused_once(tmp_path):
+    proc = train(*TINY, *DDP, "data.batch_size=33", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: data.batch_size=33: the global batch must divide evenly over 2 devices; use a multiple of 2"]

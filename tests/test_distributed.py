@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from tests.spawn import run_ranks
-from vicreg_lightning.distributed import CPUSyncBatchNorm, _config_flags, convert_cpu_sync_batchnorm
+from vicreg_lightning.distributed import CPUSyncBatchNorm, convert_cpu_sync_batchnorm
+from vicreg_lightning.patches import _config_flags
 
 WORLD, N_PER_RANK, CHANNELS = 2, 5, 3
 

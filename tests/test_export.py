@@ -141,6 +141,19 @@ def test_bad_input_gets_one_clear_line(tiny_digits_run, tmp_path, capsys, make, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("where", ["an existing file", "/proc"])
+def test_an_output_folder_that_cannot_be_written_gets_one_clear_line(tiny_digits_run, tmp_path, capsys,  # noqa: F811
+                                                                     where):
+    if where == "/proc":
+        out, message = Path("/proc/vicreg-export"), "cannot write the export there"
+    else:
+        out, message = _write(tmp_path / "taken", b"a file"), "is a file, not a folder"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tiny_digits_run), str(out)])
+    assert_one_error_line(exit_info.value.code, capsys.readouterr().err, message)
+    assert where == "/proc" or out.read_bytes() == b"a file"
+
+
 def test_bad_input_as_a_user_runs_it(tmp_path):
     corrupt = _write(tmp_path / "half.ckpt", b"half a checkpoint")
     proc = export_cli(str(corrupt), str(tmp_path / "out"))

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from vicreg_lightning import VICRegLoss
-from vicreg_lightning.errors import NonFiniteEmbeddingError
 
 
 def naive_vicreg(z_a, z_b, sim_coeff, std_coeff, cov_coeff, eps, weighting):
@@ -132,11 +131,11 @@ def test_mismatched_shapes_are_refused():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_embeddings_are_refused(bad):
+def test_non_finite_embeddings_give_a_non_finite_loss(bad):
+    # The loss does not check (a check would read the device every step): the module's watch does.
     z = torch.randn(4, 8)
     z[2, 3] = bad
-    with pytest.raises(NonFiniteEmbeddingError, match="non-finite VICReg loss .NaN/inf embeddings"):
-        VICRegLoss()(z, torch.randn(4, 8))
+    assert not torch.isfinite(VICRegLoss()(z, torch.randn(4, 8)).loss)
 
 
 @pytest.mark.parametrize("kwargs,match", [

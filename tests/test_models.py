@@ -73,3 +73,14 @@ def test_bad_expander_spec(spec):
 def test_unknown_backbone():
     with pytest.raises(ConfigError, match="resnet999.*resnet18"):
         build_backbone("resnet999")
+
+
+def test_an_expander_too_wide_for_this_machine_is_refused_before_it_is_allocated(monkeypatch):
+    # 512 -> 65536 -> 65536: 4,329 M weights, about 48 GiB to train: more than a 24 GiB machine has.
+    with pytest.raises(ConfigError, match=r"model.expander='65536-65536': its 4,329 M weights need 48.4 GiB"):
+        build_expander(512, "65536-65536")
+    monkeypatch.setattr("vicreg_lightning.models.available_memory", lambda: 10 * 2**20)
+    with pytest.raises(ConfigError, match=r"model.expander='1024-1024'.*\(0.0 GiB available\)"):
+        build_expander(512, "1024-1024")
+    monkeypatch.setattr("vicreg_lightning.models.available_memory", lambda: None)
+    assert build_expander(512, "1024-1024")[0].out_features == 1024

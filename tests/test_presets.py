@@ -34,7 +34,7 @@ def shrink(root: Path, output_dir: Path) -> list[str]:
     return [
         f"data.root={root}", "data.download=false", "data.batch_size=8", "data.num_workers=0",
         "augment.size=32", "augment.val_resize=36", "augment.blur_kernel_size=3", "model.expander=64-32",
-        "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+        "trainer.max_epochs=1", "optim.warmup_epochs=0", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
         f"paths.output_dir={output_dir}",
     ]

@@ -93,6 +93,20 @@ def test_sigterm_to_the_process_group_mid_epoch_saves_and_the_resumed_run_ends_t
     assert {int(row["step"]) for row in rows if row["train/loss"]} == set(range(8))
 
 
+def test_sigterm_during_validation_lets_it_finish_and_the_resumed_run_ends_the_same(straight, tmp_path):
+    run_dir = tmp_path / "run"
+    stopped = train(*TWO_EPOCHS, "+callbacks.kill._target_=tests.helpers.SignalDuringValidation",
+                    "+callbacks.kill.epoch=0", f"hydra.run.dir={run_dir}")
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    # Epoch 0 was validated whole: its metrics are logged and its best checkpoint is written.
+    assert [row["epoch"] for row in csv_rows(run_dir) if row["val/probe_acc1"]] == ["0"]
+    assert (run_dir / "checkpoints" / "best-epoch000.ckpt").exists()
+    resumed = train(*TWO_EPOCHS, "ckpt_path=last", f"hydra.run.dir={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [row["epoch"] for row in csv_rows(run_dir) if row["val/probe_acc1"]] == ["0", "1"]
+    assert_same_weights(straight, run_dir)
+
+
 def test_ctrl_c_mid_epoch_saves_a_checkpoint_and_exits_as_preempted(tmp_path):
     run_dir = tmp_path / "run"
     stopped = train_in_own_session(*TWO_EPOCHS, *SIGNAL_AT_STEP_6, "+callbacks.kill.signal_name=SIGINT",
@@ -120,3 +134,20 @@ def test_requeue_signal_saves_a_checkpoint_before_the_waiting_handler_requeues(t
     assert marker.read_text().startswith("requeued")
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["global_step"] == 6
+
+
+def test_a_checkpoint_of_another_optimiser_is_refused_before_training(tmp_path):
+    from vicreg_lightning.errors import ConfigError
+    from vicreg_lightning.module import VICRegModule
+    from vicreg_lightning.resume import check_checkpoint
+
+    def module(optim: str) -> VICRegModule:
+        return VICRegModule(model={"backbone": "resnet10", "expander": "32-16", "small_stem": True,
+                                   "zero_init_residual": True},
+                            loss={}, optim={"name": optim, "base_lr": 0.1}, num_classes=10, batch_size=8)
+
+    lars = module("lars")
+    torch.save({"state_dict": lars.state_dict(), "hyper_parameters": dict(lars.hparams)}, tmp_path / "lars.ckpt")
+    check_checkpoint(tmp_path / "lars.ckpt", module("lars"), "lars.ckpt")
+    with pytest.raises(ConfigError, match="written with optim.name='lars', this run uses 'adamw'; resume with optim=lars"):
+        check_checkpoint(tmp_path / "lars.ckpt", module("adamw"), "lars.ckpt")

@@ -13,7 +13,7 @@ import pytest
 
 from tests.default_run import tiny_digits_run  # noqa: F401
 from vicreg_lightning.errors import ConfigError
-from vicreg_lightning.loggers import HistoryKeepingCSVLogger
+from vicreg_lightning.patches import HistoryKeepingCSVLogger
 from vicreg_lightning.run_dir import claim
 
 ROOT = Path(__file__).resolve().parents[1]

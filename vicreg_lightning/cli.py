@@ -26,7 +26,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf.errors import OmegaConfBaseException
 
 from vicreg_lightning.errors import JobFailed, UserError
-from vicreg_lightning.run_dir import FAILURE_FILE, is_finished
+from vicreg_lightning.run_dir import FAILURE_FILE, is_finished, is_first_process
 
 
 def describe_error(error: BaseException) -> str | None:
@@ -51,7 +51,9 @@ def describe_error(error: BaseException) -> str | None:
 
 
 def _exit_with(message: str) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
+    # Under DDP every rank meets the same bad input: rank 0 alone says so.
+    if is_first_process():
+        print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 

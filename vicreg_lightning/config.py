@@ -9,6 +9,7 @@ read or any model is built.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -175,10 +176,16 @@ def _check_probability(key: str, value: float) -> None:
 
 
 def _check_interval(key: str, value: list[float], low: float, high: float) -> None:
+    bounds = f"{low} <= min <= max <= {high}" if math.isfinite(high) else f"{low} <= min <= max, both finite"
     require_value(
-        len(value) == 2 and low <= value[0] <= value[1] <= high,
-        key, list(value), f"[min, max] with {low} <= min <= max <= {high}",
+        len(value) == 2 and low <= value[0] <= value[1] <= high and all(math.isfinite(v) for v in value),
+        key, list(value), f"[min, max] with {bounds}",
     )
+
+
+def _check_positive(key: str, value: float, what: str, allow_zero: bool = False) -> None:
+    ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    require_value(ok, key, value, f"a finite {what} {'>=' if allow_zero else '>'} 0")
 
 
 def _check_values(cfg: DictConfig) -> None:
@@ -222,16 +229,16 @@ def _check_values(cfg: DictConfig) -> None:
                   f"null or an integer >= augment.size ({augment.size})")
 
     for key in ("sim_coeff", "std_coeff", "cov_coeff"):
-        require_value(loss[key] >= 0, f"loss.{key}", loss[key], "a coefficient >= 0")
+        _check_positive(f"loss.{key}", loss[key], "coefficient", allow_zero=True)
     require_value(loss.sim_coeff + loss.std_coeff + loss.cov_coeff > 0, "loss.sim_coeff", loss.sim_coeff,
              "at least one of loss.sim_coeff/std_coeff/cov_coeff > 0")
-    require_value(loss.eps > 0, "loss.eps", loss.eps, "a number > 0")
+    _check_positive("loss.eps", loss.eps, "number")
     require_value(loss.weighting in WEIGHTINGS, "loss.weighting", loss.weighting, f"one of {', '.join(WEIGHTINGS)}")
 
     require_value(optim.name in OPTIMIZERS, "optim.name", optim.name, f"one of {', '.join(OPTIMIZERS)}")
-    require_value(optim.base_lr > 0, "optim.base_lr", optim.base_lr, "a learning rate > 0")
-    require_value(optim.probe_lr > 0, "optim.probe_lr", optim.probe_lr, "a learning rate > 0")
-    require_value(optim.weight_decay >= 0, "optim.weight_decay", optim.weight_decay, "a number >= 0")
+    _check_positive("optim.base_lr", optim.base_lr, "learning rate")
+    _check_positive("optim.probe_lr", optim.probe_lr, "learning rate")
+    _check_positive("optim.weight_decay", optim.weight_decay, "number", allow_zero=True)
     require_value(0 <= optim.momentum < 1, "optim.momentum", optim.momentum, "a number in [0, 1)")
     require_value(optim.warmup_epochs >= 0, "optim.warmup_epochs", optim.warmup_epochs, "a number of epochs >= 0")
     require_value(0 <= optim.end_lr_ratio <= 1, "optim.end_lr_ratio", optim.end_lr_ratio, "a fraction of the peak lr in [0, 1]")
@@ -241,6 +248,11 @@ def _check_values(cfg: DictConfig) -> None:
         isinstance(max_epochs, int) and not isinstance(max_epochs, bool) and max_epochs >= 1,
         "trainer.max_epochs", max_epochs, "an integer >= 1",
     )
+    # Longer than the run, the warmup would end the run before the lr reaches its peak.
+    require_value(optim.warmup_epochs <= max_epochs, "optim.warmup_epochs", optim.warmup_epochs,
+                  f"at most trainer.max_epochs ({max_epochs}) epochs; lower it for a short run")
+    # What numpy, Python and torch accept as a seed alike (Lightning replaces any other by 0).
+    require_value(cfg.seed is None or 0 <= cfg.seed <= 2**32 - 1, "seed", cfg.seed, "null or an integer in [0, 2**32 - 1]")
 
 
 def check_trainer_arguments(trainer: DictConfig) -> None:

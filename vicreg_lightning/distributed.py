@@ -1,5 +1,6 @@
-"""What DDP needs beyond Lightning's defaults: BatchNorm synchronised on any device, and DDP child
-processes that run this Hydra job (not the whole command line again).
+"""What DDP needs beyond Lightning's defaults: BatchNorm synchronised on any device, and one job's
+processes left as they were for the next job of a sweep. (The DDP children's command under Hydra
+replaces a Lightning internal: :mod:`vicreg_lightning.patches`.)
 
 The loss's own cross-rank gather lives with the loss (:class:`vicreg_lightning.loss.FullGather`).
 """
@@ -7,10 +8,8 @@ The loss's own cross-rank gather lives with the loss (:class:`vicreg_lightning.l
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -135,61 +134,3 @@ def one_job_of_many() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def _ddp_child_command(local_rank: int) -> tuple[list[str], str]:
-    """The command Lightning's DDP launcher runs for rank ``local_rank`` when started by Hydra.
-
-    Lightning's own repeats ``sys.argv``: under ``-m`` every child would start a sweep of its own,
-    in run directories of its own. Here a child runs exactly this job: its resolved overrides,
-    its output directory, and no second copy of ``.hydra/`` (rank 0 writes that).
-    """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import get_original_cwd, to_absolute_path
-
-    import __main__
-
-    hydra_cfg = HydraConfig.get()
-    if __main__.__spec__ is None:
-        command = [sys.executable, to_absolute_path(sys.argv[0])]
-    else:
-        command = [sys.executable, "-m", __main__.__spec__.name]
-    command += _config_flags(sys.argv[1:])
-    command += list(hydra_cfg.overrides.task)
-    output_dir = Path(hydra_cfg.runtime.output_dir).resolve()
-    command += [
-        f'hydra.run.dir="{output_dir}"',
-        f"hydra.job.name={hydra_cfg.job.name}_rank{local_rank}",
-        "hydra.output_subdir=null",
-    ]
-    return command, get_original_cwd()
-
-
-_CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
-
-
-def _config_flags(argv: list[str]) -> list[str]:
-    """The arguments of ``argv`` that choose the config (``-cn NAME``, ``--config-dir=DIR``, ...)."""
-    kept: list[str] = []
-    args = iter(argv)
-    for arg in args:
-        flag = arg.split("=", 1)[0]
-        if flag in _CONFIG_FLAGS:
-            kept.append(arg)
-            if "=" not in arg:
-                kept.append(next(args, ""))
-    return kept
-
-
-def use_job_command_for_ddp_children() -> None:
-    """Make Lightning's DDP launcher start children with :func:`_ddp_child_command`.
-
-    Lightning picks the command through a module-level function with no public hook, so this
-    replaces that function in the launcher module; without the attribute (a Lightning that
-    changed it), Lightning's own command stays in place, which is right for single runs.
-    """
-    from lightning.pytorch.strategies.launchers import subprocess_script
-
-    if hasattr(subprocess_script, "_hydra_subprocess_cmd"):
-        subprocess_script._hydra_subprocess_cmd = _ddp_child_command
-

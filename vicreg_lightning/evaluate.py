@@ -191,8 +191,8 @@ def resolve_data(cfg: DictConfig, info: dict[str, Any]) -> tuple[DictConfig, Dic
             )
         sections[name] = OmegaConf.merge(trained or {}, asked)
     # check_config checks a whole training config: the other sections take their schema defaults,
-    # and max_epochs (which has none) any valid value.
-    checked = check_config(OmegaConf.create({**sections, "trainer": {"max_epochs": 1}}))
+    # and max_epochs (which has none) any valid value, with a warmup that fits in it.
+    checked = check_config(OmegaConf.create({**sections, "trainer": {"max_epochs": 1}, "optim": {"warmup_epochs": 0}}))
     return checked.data, checked.augment
 
 

@@ -91,13 +91,19 @@ def export(weights: str | Path, out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     if (out_dir / SIDECAR_FILE).exists():
         raise UserError(f"{str(out_dir)!r} already holds an export ({SIDECAR_FILE}); choose a new folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{str(out_dir)!r} is a file, not a folder; choose a new folder for the export")
     backbone, expander, info = load_encoder(weights)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(backbone.state_dict(), out_dir / BACKBONE_FILE)
-    if expander is not None:
-        torch.save(expander.state_dict(), out_dir / EXPANDER_FILE)
-    # The sidecar last: a folder with vicreg.json is a complete export.
-    (out_dir / SIDECAR_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(backbone.state_dict(), out_dir / BACKBONE_FILE)
+        if expander is not None:
+            torch.save(expander.state_dict(), out_dir / EXPANDER_FILE)
+        # The sidecar last: a folder with vicreg.json is a complete export.
+        (out_dir / SIDECAR_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise UserError(f"{str(out_dir)!r}: cannot write the export there ({reason}); choose a writable folder") from None
     return out_dir
 
 

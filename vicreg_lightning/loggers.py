@@ -9,7 +9,6 @@ other loggers.
 
 from __future__ import annotations
 
-import csv
 import netrc
 import os
 import secrets
@@ -18,9 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,48 +26,6 @@ from vicreg_lightning.config import instantiate_entry
 WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"
 # Beside the run's other outputs: a resumed run reads it to continue the same W&B run.
 WANDB_ID_FILE = "wandb_run_id.txt"
-
-
-class _HistoryKeepingWriter(ExperimentWriter):
-    """Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts; this one keeps its
-    rows. When the first new rows are saved, the earlier rows from their first step on are dropped:
-    those were logged after the checkpoint that the run resumed from, by the attempt that was cut
-    short, and the resumed run logs those steps again."""
-
-    def _check_log_dir_exists(self) -> None:
-        self._history: list[dict[str, str]] = []
-        if os.path.isfile(self.metrics_file_path):
-            with open(self.metrics_file_path, newline="") as f:
-                reader = csv.DictReader(f)
-                self._history = list(reader)
-                self.metrics_keys = sorted(reader.fieldnames or [])
-
-    def save(self) -> None:
-        if self._history and self.metrics:
-            first_new_step = min(int(row["step"]) for row in self.metrics)
-            kept = [row for row in self._history if not row.get("step") or int(float(row["step"])) < first_new_step]
-            self._history = []
-            self._record_new_keys()
-            tmp = f"{self.metrics_file_path}.tmp-{os.getpid()}"
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
-                writer.writeheader()
-                writer.writerows(kept)
-            os.replace(tmp, self.metrics_file_path)
-        super().save()
-
-
-class HistoryKeepingCSVLogger(CSVLogger):
-    """Lightning's ``CSVLogger`` (``<save_dir>/<name>/metrics.csv``), keeping the rows of earlier
-    attempts of a resumed run (:class:`_HistoryKeepingWriter`)."""
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            os.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _HistoryKeepingWriter(log_dir=self.log_dir)
-        return self._experiment
 
 
 def _wandb_has_credentials() -> bool:

@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from vicreg_lightning.data.catalog import UNLABELED
-from vicreg_lightning.errors import NonFiniteEmbeddingError
+from vicreg_lightning.divergence import DivergenceWatch
 from vicreg_lightning.loss import VICRegLoss, VICRegLossOutput
 from vicreg_lightning.models import build_backbone, build_expander
 from vicreg_lightning.optim import build_optimizer, scaled_lr, warmup_cosine
@@ -77,6 +77,7 @@ class VICRegModule(pl.LightningModule):
             # In place, so that the parameter names (checkpoints, exports) stay those of the backbone.
             self.backbone.compile()
         self.criterion = VICRegLoss(**loss)
+        self.divergence = DivergenceWatch()
         # BatchNorm without affine parameters standardises the features for the linear layer (as
         # MAE's linear probe): the probe converges in a few hundred steps whatever their scale.
         self.probe = nn.Sequential(
@@ -117,14 +118,13 @@ class VICRegModule(pl.LightningModule):
     def training_step(self, batch: tuple[tuple[Tensor, Tensor], Tensor], batch_idx: int) -> Tensor:
         (x_a, x_b), labels = batch
         f_a, f_b, z_a, z_b = self.embed_views(x_a, x_b)
-        try:
-            terms = self.criterion(z_a, z_b)
-        except NonFiniteEmbeddingError as e:
-            raise NonFiniteEmbeddingError(f"epoch {self.current_epoch}, step {self.global_step}: {e}") from None
+        terms = self.criterion(z_a, z_b)
+        self.divergence.update(self.global_step, terms.invariance, terms.variance, terms.covariance)
 
         both_labels = torch.cat([labels, labels])
         logits, probe_loss = self._probe_loss(torch.cat([f_a, f_b]), both_labels)
         if self._logs_this_step():
+            self.divergence.check(self.global_step)
             self._log_training_step(terms, z_a, z_b, logits, probe_loss, both_labels)
         return terms.loss + probe_loss
 
@@ -155,7 +155,8 @@ class VICRegModule(pl.LightningModule):
             on_epoch=False,
             prog_bar=False,
         )
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, prog_bar=True)
+        # Not on the progress bar: it reads its values on the host at every step.
+        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False, prog_bar=False)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
@@ -164,7 +165,7 @@ class VICRegModule(pl.LightningModule):
         self.val_probe_acc5(logits, labels)
         self.val_probe_loss(probe_loss, weight=(labels != UNLABELED).sum())
         self.log("val/probe_loss", self.val_probe_loss)
-        self.log("val/probe_acc1", self.val_probe_acc1, prog_bar=True)
+        self.log("val/probe_acc1", self.val_probe_acc1)
         self.log("val/probe_acc5", self.val_probe_acc5)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -64,6 +64,14 @@ def check_checkpoint(path: Path, module: torch.nn.Module, ckpt_path: str) -> Non
             f"ckpt_path={ckpt_path!r}: written for a different model ({mismatches[0]}{more}); "
             "use the model.* settings of the run that wrote it"
         )
+    # The optimiser's state (momentum, Adam's moments) continues only in the optimiser that wrote it.
+    saved = (checkpoint.get("hyper_parameters") or {}).get("optim", {}).get("name")
+    current = getattr(module, "hparams", {}).get("optim", {}).get("name")
+    if saved is not None and current is not None and saved != current:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path!r}: written with optim.name={saved!r}, this run uses {current!r}; resume with "
+            f"optim={saved}, or start a new run from its weights (python -m vicreg_lightning.export)"
+        )
 
 
 def capture_rng_states() -> list[dict[str, Any]]:
@@ -118,6 +126,10 @@ class CheckpointOnPreemption(pl.Callback):
     Ctrl-C (SIGINT) takes the same path: the run stops at the end of the step, saves, and exits as
     a preempted run does; a second Ctrl-C stops it at once, saving nothing.
 
+    A signal that arrives during validation is held until the validation has ended: Lightning would
+    stop in the middle of it, and the resumed run would not validate that epoch again (no metrics,
+    no best checkpoint for it). The run stops right after it instead.
+
     ``requeue_signals`` (default ``SIGUSR2``, which submitit sends ``signal_delay_s`` before the
     time limit) are handled only where another handler already waits for them (submitit's, which
     requeues the job and exits): the signal is turned into SIGTERM's clean stop, the checkpoint is
@@ -132,6 +144,8 @@ class CheckpointOnPreemption(pl.Callback):
         self._replaced: dict[signal.Signals, Any] = {}
         self._pending: tuple[Any, signal.Signals] | None = None
         self._interrupt_handler: Any = None
+        self._held_handler: Any = None
+        self._held_signal = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or threading.current_thread() is not threading.main_thread():
@@ -143,6 +157,27 @@ class CheckpointOnPreemption(pl.Callback):
                 self._replaced[signum] = waiting
                 signal.signal(signum, self._stop_then_hand_over)
 
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread() and self._held_handler is None:
+            self._held_signal = False
+            self._held_handler = signal.signal(signal.SIGTERM, self._hold)
+
+    def _hold(self, signum: int, frame: Any) -> None:
+        self._held_signal = True
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        """Give SIGTERM back to its handler, and deliver one that arrived meanwhile."""
+        if self._held_handler is None:
+            return
+        signal.signal(signal.SIGTERM, self._held_handler)
+        self._held_handler = None
+        if self._held_signal:
+            self._held_signal = False
+            os.kill(os.getpid(), signal.SIGTERM)
+
     def _stop_on_interrupt(self, signum: int, frame: Any) -> None:
         signal.signal(signal.SIGINT, self._interrupt_handler)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -153,7 +188,14 @@ class CheckpointOnPreemption(pl.Callback):
         os.kill(os.getpid(), signal.SIGTERM)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._held_handler is not None:  # an error during validation: nothing to hold any more
+            signal.signal(signal.SIGTERM, self._held_handler)
+            self._held_handler = None
         if not isinstance(exception, SIGTERMException):
+            return
+        divergence = getattr(pl_module, "divergence", None)
+        if divergence is not None and divergence.has_diverged():  # keep the last good checkpoint
+            pl.utilities.rank_zero_warn(f"not saving {self.path}: the loss was non-finite since the last check")
             return
         trainer.save_checkpoint(self.path)
         pl.utilities.rank_zero_info(f"saved {self.path} at step {trainer.global_step}")

@@ -74,7 +74,7 @@ def claim(output_dir: Path, ckpt_path: str | None) -> bool:
     return True
 
 
-def _is_first_process() -> bool:
+def is_first_process() -> bool:
     """Rank 0 of a job, told from the environment as Lightning tells it (a DDP child, a SLURM task
     and a second node's processes carry their rank there before any process group exists)."""
     for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
@@ -88,7 +88,7 @@ def save_job_config(cfg: Any) -> None:
     directory, as Hydra would (nothing outside a Hydra job, nothing on other ranks than 0)."""
     from hydra.core.hydra_config import HydraConfig
 
-    if not HydraConfig.initialized() or not _is_first_process():
+    if not HydraConfig.initialized() or not is_first_process():
         return
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir) / CONFIG_DIR

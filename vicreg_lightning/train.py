@@ -14,10 +14,11 @@ from omegaconf import DictConfig, OmegaConf
 from vicreg_lightning.checkpoint_io import AtomicCheckpointIO
 from vicreg_lightning.config import check_config, check_trainer_arguments, instantiate_entry
 from vicreg_lightning.data.catalog import inspect_data
-from vicreg_lightning.data.datamodule import VICRegDataModule
-from vicreg_lightning.distributed import SyncBatchNormAnyDevice, one_job_of_many, use_job_command_for_ddp_children
+from vicreg_lightning.data.datamodule import VICRegDataModule, per_device_batch_size
+from vicreg_lightning.distributed import SyncBatchNormAnyDevice, one_job_of_many
 from vicreg_lightning.loggers import build_loggers, finish_loggers
 from vicreg_lightning.module import VICRegModule
+from vicreg_lightning.patches import use_job_command_for_ddp_children
 from vicreg_lightning.resume import CheckpointOnPreemption, check_checkpoint, resolve_checkpoint
 from vicreg_lightning.run_dir import METRICS_FILE, claim, read_metrics, save_job_config, write_metrics
 
@@ -90,6 +91,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     with one_job_of_many():
         trainer = build_trainer(cfg, loggers)
         try:
+            per_device_batch_size(cfg.data.batch_size, trainer.world_size)  # before DDP starts its processes
             metrics = _fit(trainer, module, datamodule, ckpt_path, output_dir)
         except BaseException:
             finish_loggers(loggers, failed=True)

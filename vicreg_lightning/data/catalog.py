@@ -57,6 +57,12 @@ def inspect_data(data: Any) -> int:
             f"data.root={data.root!r}: no images in {str(folder)!r} (its class folders are empty; "
             f"expected {folder}/<class>/<image>.jpg)"
         )
+    if len(classes) == 1:
+        raise DataError(
+            f"data.root={data.root!r}: one class folder in {str(folder)!r} ({classes[0]!r}); the online probe and "
+            "the evaluations classify, so they need at least 2 (split the images into their classes, or into "
+            "any 2 groups if they have none)"
+        )
     return len(classes)
 
 

@@ -36,6 +36,16 @@ def _end_on_the_next_sigterm(signum: int, frame: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def per_device_batch_size(batch: int, world: int) -> int:
+    """Each device's share of the global batch ``data.batch_size``."""
+    if batch % world:
+        raise ConfigError(
+            f"data.batch_size={batch}: the global batch must divide evenly over {world} devices; "
+            f"use a multiple of {world}"
+        )
+    return batch // world
+
+
 def default_num_workers() -> int:
     """Workers per rank when ``data.num_workers=-1``: the CPUs this process may use, up to 8."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -135,13 +145,7 @@ class VICRegDataModule(pl.LightningDataModule):
 
     @property
     def per_device_batch_size(self) -> int:
-        batch, world = self.data_cfg.batch_size, self.world_size
-        if batch % world:
-            raise ConfigError(
-                f"data.batch_size={batch}: the global batch must divide evenly over {world} devices; "
-                f"use a multiple of {world}"
-            )
-        return batch // world
+        return per_device_batch_size(self.data_cfg.batch_size, self.world_size)
 
     def _batches_done(self) -> int:
         """Batches of the current epoch whose training step has run (also inside
