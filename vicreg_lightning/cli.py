@@ -136,3 +136,44 @@ def quiet_lightning_console() -> None:
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+# Console scripts (pyproject's [project.scripts]); the root train.py and eval.py call the same.
+# The configs ship inside the package (vicreg_lightning/conf); --config-dir adds a user's own.
+
+
+def _train_job(cfg: Any) -> float | None:
+    with user_errors_exit():
+        # Config and data are checked before torchvision and Lightning load: bad input fails fast.
+        from vicreg_lightning.config import check_config
+        from vicreg_lightning.data.catalog import inspect_data
+
+        inspect_data(check_config(cfg).data)
+        from vicreg_lightning.train import run
+
+        quiet_lightning_console()
+        # The config as composed: the run checks it again, and records it as given.
+        metrics = run(cfg)
+    return metrics.get(cfg.optimized_metric)
+
+
+def _eval_job(cfg: Any) -> None:
+    with user_errors_exit():
+        from vicreg_lightning.evaluate import run
+
+        quiet_lightning_console()
+        run(cfg)
+
+
+def train() -> Any:
+    """``vicreg-train [group=option ...] [key=value ...]``: pretrain with VICReg."""
+    import hydra
+
+    return exit_on_user_error(hydra.main(version_base="1.3", config_path="conf", config_name="train")(_train_job))
+
+
+def evaluate() -> Any:
+    """``vicreg-eval weights=<checkpoint | run dir | export dir> [eval=...]``: evaluate weights."""
+    import hydra
+
+    return exit_on_user_error(hydra.main(version_base="1.3", config_path="conf", config_name="eval")(_eval_job))

@@ -157,6 +157,15 @@ def check_config(cfg: DictConfig) -> DictConfig:
     return typed
 
 
+def check_data_sections(data: Any, augment: Any) -> tuple[DictConfig, DictConfig]:
+    """A ``data`` and an ``augment`` section checked as ``train.py`` checks them (for the tools that
+    read a training run's data: eval.py, the report). The other sections of the training schema take
+    their defaults, with a one-epoch schedule that they fit in."""
+    sections = {"data": data, "augment": augment, "trainer": {"max_epochs": 1}, "optim": {"warmup_epochs": 0}}
+    checked = check_config(OmegaConf.create(sections))
+    return checked.data, checked.augment
+
+
 def _valid_keys_hint(full_key: str) -> str:
     section, _, _ = full_key.rpartition(".")
     schema = OmegaConf.structured(TrainConfig)

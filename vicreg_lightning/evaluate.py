@@ -43,7 +43,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from vicreg_lightning.config import PathsConfig, check_config, require_value
+from vicreg_lightning.config import PathsConfig, check_data_sections, require_value
 from vicreg_lightning.data.augment import eval_transform, view_transform
 from vicreg_lightning.data.catalog import UNLABELED
 from vicreg_lightning.data.datamodule import default_num_workers
@@ -190,10 +190,7 @@ def resolve_data(cfg: DictConfig, info: dict[str, Any]) -> tuple[DictConfig, Dic
                 f"directory, no '{name}' in vicreg.json); choose one with {name}=<option>"
             )
         sections[name] = OmegaConf.merge(trained or {}, asked)
-    # check_config checks a whole training config: the other sections take their schema defaults,
-    # and max_epochs (which has none) any valid value, with a warmup that fits in it.
-    checked = check_config(OmegaConf.create({**sections, "trainer": {"max_epochs": 1}, "optim": {"warmup_epochs": 0}}))
-    return checked.data, checked.augment
+    return check_data_sections(sections["data"], sections["augment"])
 
 
 # ------------------------------------------------------------------------------------------ data

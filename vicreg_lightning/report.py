@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
 from vicreg_lightning.cli import user_errors_exit
-from vicreg_lightning.config import check_config
+from vicreg_lightning.config import check_data_sections
 from vicreg_lightning.data.augment import eval_transform, view_transform
 from vicreg_lightning.data.catalog import UNLABELED
 from vicreg_lightning.data.datasets import Transformed, build_datasets
@@ -128,10 +128,7 @@ def _checked_sections(info: dict[str, Any], source: Path, data_name: str | None,
             "in its run directory, none in vicreg.json); pass a checkpoint inside its run directory"
         )
     data = OmegaConf.merge(info["data"], {k: v for k, v in (("name", data_name), ("root", data_root)) if v})
-    # check_config checks a whole training config: the other sections take their schema defaults,
-    # and trainer.max_epochs (which has none) any valid value.
-    checked = check_config(OmegaConf.create({"data": data, "augment": info["augment"], "trainer": {"max_epochs": 1}}))
-    return checked.data, checked.augment
+    return check_data_sections(data, info["augment"])
 
 
 def load_for_report(source: Path, data_name: str | None = None, data_root: str | None = None) -> LoadedEncoder:
