@@ -65,7 +65,7 @@ def tiny_digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default run's model (ResNet-10, ImageNet stem) after 2 steps, with the k-NN monitor
     (whose val/knn_acc1 tests compare with eval.py's)."""
     return trained_run(tmp_path_factory, "tiny_digits",
-                       (*TINY_RUN, "+callbacks.knn_monitor._target_=vicreg_lightning.knn.KNNMonitor"))
+                       (*TINY_RUN, "+callbacks.knn_monitor._target_=vicreg_lightning.callbacks.knn_monitor.KNNMonitor"))
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,6 @@ from tests.fake_data import write_stl10
 from vicreg_lightning.data.datasets import TensorImages
 from vicreg_lightning.errors import ConfigError, DataError, UserError
 from vicreg_lightning.evaluate import (
-    Features,
     LinearEvalConfig,
     check_eval_config,
     class_balanced_subset,
@@ -33,7 +32,8 @@ from vicreg_lightning.evaluate import (
     run,
 )
 from vicreg_lightning.export import export, load_encoder
-from vicreg_lightning.knn import knn_class_scores
+from vicreg_lightning.features import Features
+from vicreg_lightning.metrics.knn import knn_class_scores
 from vicreg_lightning.models import build_backbone
 
 
@@ -175,7 +175,7 @@ def test_knn_monitor_under_ddp_matches_offline_knn(tmp_path_factory, tmp_path):
     must be the 20-NN accuracy one process computes offline on the same (final) weights."""
     run_dir = trained_run(tmp_path_factory, "tiny_ddp_knn", (
         *TINY_RUN, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-        "+callbacks.knn_monitor._target_=vicreg_lightning.knn.KNNMonitor",
+        "+callbacks.knn_monitor._target_=vicreg_lightning.callbacks.knn_monitor.KNNMonitor",
     ))
     proc = eval_cli(f"weights={run_dir}", "eval=knn", "eval.knn.k=[20]", f"hydra.run.dir={tmp_path / 'eval'}")
     assert proc.returncode == 0, proc.stderr[-3000:]

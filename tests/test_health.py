@@ -15,15 +15,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from vicreg_lightning.health import (
-    HEALTH_METRIC_NAMES,
-    RepresentationCollapseWarning,
-    RepresentationHealth,
-    health_metrics,
-    mean_abs_offdiag_corr,
-    rankme,
-    std_stats,
-)
+from vicreg_lightning.callbacks.health import RepresentationCollapseWarning, RepresentationHealth
+from vicreg_lightning.metrics.health import HEALTH_METRIC_NAMES, health_metrics, mean_abs_offdiag_corr, rankme, std_stats
 from vicreg_lightning.module import VICRegModule
 
 

@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from tests.fake_data import write_cifar, write_image_folder, write_imagenet, write_stl10
 from vicreg_lightning.config import check_config
+from vicreg_lightning.models import uses_small_stem
 from vicreg_lightning.train import run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -58,7 +59,7 @@ def test_imagenet_preset_is_the_official_recipe():
     cfg = check_config(compose_train("experiment=imagenet_resnet50", "paths.output_dir=x"))
     assert (cfg.data.batch_size, cfg.optim.base_lr, cfg.optim.weight_decay) == (2048, 0.2, 1e-6)
     assert cfg.model.backbone == "resnet50" and cfg.model.expander == "8192-8192-8192"
-    assert cfg.optim.name == "lars" and cfg.trainer.max_epochs == 1000 and cfg.model.small_stem is False
+    assert cfg.optim.name == "lars" and cfg.trainer.max_epochs == 1000 and not uses_small_stem(cfg.model.small_stem, cfg.augment.size)
     assert (cfg.augment.view_a.blur_prob, cfg.augment.view_b.blur_prob) == (1.0, 0.1)
     assert (cfg.augment.view_a.solarize_prob, cfg.augment.view_b.solarize_prob) == (0.0, 0.2)
     assert list(cfg.augment.crop_scale) == [0.08, 1.0]

@@ -18,12 +18,12 @@ from torch import nn
 from tests.default_run import ROOT, default_run, tiny_digits_run  # noqa: F401  (fixtures)
 from vicreg_lightning.config import AugmentConfig
 from vicreg_lightning.data.datasets import TensorImages, build_datasets
+from vicreg_lightning.metrics.groups import frechet_distance
+from vicreg_lightning.metrics.invariance import invariance
 from vicreg_lightning.report import (
     FAMILIES,
     FIGURES,
-    frechet_distance,
     group_stability,
-    invariance,
     load_for_report,
     main,
     measure_invariance,

@@ -151,3 +151,15 @@ def test_a_checkpoint_of_another_optimiser_is_refused_before_training(tmp_path):
     check_checkpoint(tmp_path / "lars.ckpt", module("lars"), "lars.ckpt")
     with pytest.raises(ConfigError, match="written with optim.name='lars', this run uses 'adamw'; resume with optim=lars"):
         check_checkpoint(tmp_path / "lars.ckpt", module("adamw"), "lars.ckpt")
+
+
+def test_views_made_on_the_device_resume_exactly_from_a_mid_epoch_checkpoint(tmp_path):
+    # augment.on_device=true draws from the device's global generator, whose state every checkpoint holds.
+    on_device = [*TWO_EPOCHS, "augment.on_device=true"]
+    straight_run, run_dir = tmp_path / "straight", tmp_path / "run"
+    assert train(*on_device, f"hydra.run.dir={straight_run}").returncode == 0
+    stopped = train_in_own_session(*on_device, *SIGNAL_AT_STEP_6, f"hydra.run.dir={run_dir}")
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    resumed = train(*on_device, "ckpt_path=last", f"hydra.run.dir={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_weights(straight_run, run_dir)

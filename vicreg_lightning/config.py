@@ -22,9 +22,6 @@ from vicreg_lightning.models import parse_expander_spec, resnet_names
 from vicreg_lightning.optim import OPTIMIZERS
 
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "stl10", "imagenet", "imagefolder")
-# At or below this crop size the ImageNet stem (7x7/2 conv + max-pool) would shrink the image to
-# a few pixels before layer 1, so the backbone uses a 3x3/1 stem unless told otherwise.
-SMALL_IMAGE_SIZE = 64
 # How the two views go through backbone and expander (vicreg_lightning.module.VICRegModule).
 VIEWS_FORWARD = ("auto", "separate", "concat")
 
@@ -86,7 +83,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "resnet50"
-    small_stem: Optional[bool] = None  # None: a 3x3 stem when augment.size <= SMALL_IMAGE_SIZE
+    small_stem: Optional[bool] = None  # None: chosen from augment.size (models.uses_small_stem)
     zero_init_residual: bool = True
     expander: str = "8192-8192-8192"
     channels_last: Optional[bool] = None  # None: on when CUDA is available
@@ -152,8 +149,6 @@ def check_config(cfg: DictConfig) -> DictConfig:
     except OmegaConfBaseException as e:
         raise ConfigError(f"{getattr(e, 'full_key', '') or 'config'}: {str(e).splitlines()[0]}") from None
     _check_values(typed)
-    if typed.model.small_stem is None:
-        typed.model.small_stem = typed.augment.size <= SMALL_IMAGE_SIZE
     return typed
 
 

@@ -64,6 +64,16 @@ def parse_expander_spec(spec: str | int) -> list[int]:
     return [int(p) for p in parts]
 
 
+# At or below this crop size the ImageNet stem (7x7/2 conv + max-pool) would shrink the image to
+# a few pixels before layer 1, so the backbone uses a 3x3/1 stem unless told otherwise.
+SMALL_IMAGE_SIZE = 64
+
+
+def uses_small_stem(small_stem: bool | None, image_size: int) -> bool:
+    """``model.small_stem``, or when it is null the choice for ``augment.size``."""
+    return image_size <= SMALL_IMAGE_SIZE if small_stem is None else small_stem
+
+
 def build_expander(input_dim: int, spec: str | int) -> nn.Sequential:
     """The official expander: (Linear-BN-ReLU) for every width but the last, then a Linear
     without bias, BN or ReLU, so the embedding is unnormalised (paper §4.2, official code)."""

@@ -11,15 +11,17 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from vicreg_lightning.callbacks.preemption import CheckpointOnPreemption
 from vicreg_lightning.checkpoint_io import AtomicCheckpointIO
 from vicreg_lightning.config import check_config, check_trainer_arguments, instantiate_entry
 from vicreg_lightning.data.catalog import inspect_data
 from vicreg_lightning.data.datamodule import VICRegDataModule, per_device_batch_size
 from vicreg_lightning.distributed import SyncBatchNormAnyDevice, one_job_of_many
 from vicreg_lightning.loggers import build_loggers, finish_loggers
+from vicreg_lightning.models import uses_small_stem
 from vicreg_lightning.module import VICRegModule
 from vicreg_lightning.patches import use_job_command_for_ddp_children
-from vicreg_lightning.resume import CheckpointOnPreemption, check_checkpoint, resolve_checkpoint
+from vicreg_lightning.resume import check_checkpoint, resolve_checkpoint
 from vicreg_lightning.run_dir import METRICS_FILE, claim, read_metrics, save_job_config, write_metrics
 
 # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM.
@@ -75,7 +77,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = VICRegDataModule(cfg.data, cfg.augment, seed=cfg.seed or 0)
     module = VICRegModule(
-        model=OmegaConf.to_container(cfg.model),
+        model={**OmegaConf.to_container(cfg.model),
+               "small_stem": uses_small_stem(cfg.model.small_stem, cfg.augment.size)},
         loss=OmegaConf.to_container(cfg.loss),
         optim=OmegaConf.to_container(cfg.optim),
         num_classes=inspect_data(cfg.data),

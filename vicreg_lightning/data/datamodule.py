@@ -168,6 +168,10 @@ class VICRegDataModule(pl.LightningDataModule):
             persistent_workers=self.data_cfg.persistent_workers and workers > 0,
             prefetch_factor=self.data_cfg.prefetch_factor if workers > 0 else None,
             worker_init_fn=ignore_stop_signals,
+            # The workers' base seed comes from here, not from the global generator: creating an
+            # iterator (as a resumed run does before its first step) must not move the generator
+            # that augment.on_device draws from.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,4 +1,4 @@
-"""Callbacks of ``conf/callbacks`` that belong to no other module: training throughput."""
+"""Throughput: ``train/samples_per_s`` and ``train/epoch_time_s``."""
 
 from __future__ import annotations
 

@@ -1,14 +1,5 @@
-"""Weighted k-nearest-neighbour classification of frozen features, and a callback that runs it
-during pretraining.
-
-The classifier is the one of Wu, Xiong, Yu, Lin, "Unsupervised Feature Learning via
-Non-Parametric Instance Discrimination" (CVPR 2018), as DINO (Caron et al., ICCV 2021,
-``eval_knn.py``) implements it: cosine similarity to a bank of labelled training features, the
-``k`` most similar vote for their class with weight ``exp(similarity / T)``, T = 0.07. VICReg
-reports 20-NN 64.5% and 200-NN 62.8% top-1 on ImageNet with a ResNet-50 (Bardes, Ponce, LeCun,
-ICLR 2022, Table 10). It needs no training, so it is cheap enough to watch during pretraining
-(:class:`KNNMonitor`).
-"""
+"""KNNMonitor: weighted k-NN top-1 (:func:`vicreg_lightning.metrics.knn.knn_class_scores`) of the
+validation images among training images, measured during pretraining."""
 
 from __future__ import annotations
 
@@ -17,7 +8,6 @@ import math
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -25,51 +15,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from vicreg_lightning.data.catalog import UNLABELED
 from vicreg_lightning.data.datamodule import default_num_workers, ignore_stop_signals
 from vicreg_lightning.data.datasets import Transformed
-
-
-@torch.no_grad()
-def knn_class_scores(
-    queries: Tensor,
-    bank: Tensor,
-    bank_labels: Tensor,
-    num_classes: int,
-    k: int = 20,
-    temperature: float = 0.07,
-    query_chunk_size: int = 256,
-    bank_chunk_size: int = 16384,
-) -> Tensor:
-    """Class scores ``(Q, num_classes)`` of each query: ``Σ exp(cos(q, b) / T)`` over its ``k``
-    most cosine-similar bank rows ``b`` of each class (Wu et al., CVPR 2018). The predicted class
-    is the argmax; top-5 takes the five largest.
-
-    Features need not be normalised (cosine similarity is taken here). ``k`` larger than the bank
-    is clamped to its size. Memory beyond the inputs stays at one ``query_chunk_size ×
-    bank_chunk_size`` block of similarities: each query chunk walks the bank chunk by chunk and
-    keeps a running top-k, so a bank of millions of rows is never compared all at once.
-    Computed on ``bank.device``; queries are moved there chunk by chunk.
-    """
-    if bank.ndim != 2 or queries.ndim != 2 or bank.shape[1] != queries.shape[1]:
-        raise ValueError(f"queries {tuple(queries.shape)} and bank {tuple(bank.shape)} must be (N, D) with equal D")
-    if len(bank) != len(bank_labels) or len(bank) == 0:
-        raise ValueError(f"bank has {len(bank)} rows and {len(bank_labels)} labels; expected as many, at least 1")
-    if not temperature > 0:
-        raise ValueError(f"temperature={temperature!r}: must be > 0")
-    k = min(k, len(bank))
-    bank_labels = bank_labels.to(bank.device)
-    scores = []
-    for query in queries.split(query_chunk_size):
-        query = F.normalize(query.to(bank.device, torch.float32), dim=1)
-        top_sim = torch.empty(len(query), 0, device=bank.device)
-        top_label = torch.empty(len(query), 0, dtype=torch.long, device=bank.device)
-        for start in range(0, len(bank), bank_chunk_size):
-            chunk = F.normalize(bank[start : start + bank_chunk_size].float(), dim=1)
-            sim, index = (query @ chunk.T).topk(min(k, len(chunk)), dim=1)
-            # The running top-k and this chunk's top-k hold the top-k of everything seen so far.
-            top_sim, keep = torch.cat([top_sim, sim], dim=1).topk(min(k, top_sim.shape[1] + sim.shape[1]), dim=1)
-            top_label = torch.cat([top_label, bank_labels[start + index]], dim=1).gather(1, keep)
-        votes = torch.zeros(len(query), num_classes, device=bank.device)
-        scores.append(votes.scatter_add_(1, top_label, (top_sim / temperature).exp()))
-    return torch.cat(scores)
+from vicreg_lightning.features import extract_features
+from vicreg_lightning.metrics.knn import knn_class_scores
 
 
 class KNNMonitor(pl.Callback):
@@ -158,28 +105,18 @@ class KNNMonitor(pl.Callback):
         # The same value on every rank (the counts are summed above): nothing left to synchronise.
         pl_module.log("val/knn_acc1", counts[0] / counts[1], on_epoch=True, sync_dist=False, batch_size=1)
 
-    @torch.no_grad()
     def _embed(self, trainer: pl.Trainer, pl_module: pl.LightningModule, dataset: Dataset) -> tuple[Tensor, Tensor]:
         """Backbone features (float32) and labels of ``dataset``, on the module's device."""
-        workers = trainer.datamodule.data_cfg.num_workers
-        loader = DataLoader(dataset, batch_size=self.batch_size, worker_init_fn=ignore_stop_signals,
-                            num_workers=workers if workers >= 0 else default_num_workers())
-        backbone, precision = pl_module.backbone, trainer.precision_plugin
-        modes = {m: m.training for m in backbone.modules()}
-        features, labels = [], []
-        try:
-            backbone.eval()
-            for images, batch_labels in loader:
-                with precision.forward_context():
-                    features.append(backbone(precision.convert_input(images.to(pl_module.device))).float())
-                labels.append(batch_labels.to(pl_module.device))
-        finally:
-            for m, training in modes.items():
-                m.train(training)
-        if not features:  # fewer images than ranks: this rank has none
+        if len(dataset) == 0:  # fewer images than ranks: this rank has none
             return (torch.zeros(0, pl_module.feature_dim, device=pl_module.device),
                     torch.zeros(0, dtype=torch.long, device=pl_module.device))
-        return torch.cat(features), torch.cat(labels)
+        workers = trainer.datamodule.data_cfg.num_workers
+        loader = DataLoader(dataset, batch_size=self.batch_size, worker_init_fn=ignore_stop_signals,
+                            generator=torch.Generator().manual_seed(self.seed),
+                            num_workers=workers if workers >= 0 else default_num_workers())
+        encoded = extract_features(pl_module.backbone, None, loader, pl_module.device,
+                                   precision=trainer.precision_plugin, on_device=True)
+        return encoded.features, encoded.labels
 
     @staticmethod
     def _gather(pl_module: pl.LightningModule, features: Tensor, labels: Tensor, positions: Tensor, rows: int

@@ -1,0 +1,119 @@
+"""CheckpointOnPreemption: a checkpoint when the run is stopped (SIGTERM, Ctrl-C, a requeue signal),
+and a validation that a signal interrupts is finished first."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+
+class CheckpointOnPreemption(pl.Callback):
+    """Save ``<dirpath>/last.ckpt`` when the run is stopped by SIGTERM (preemption, ``scancel``,
+    ``kill``) or by a scheduler's requeue signal, so that ``ckpt_path=last`` continues from the
+    last finished step.
+
+    Lightning turns SIGTERM into :class:`SIGTERMException` at the end of the current step, on all
+    ranks at once (rank 0's flag is broadcast), so the checkpoint is taken at a step boundary.
+    Other exceptions save nothing: a diverged or crashed run must not replace the last good
+    checkpoint.
+
+    Ctrl-C (SIGINT) takes the same path: the run stops at the end of the step, saves, and exits as
+    a preempted run does; a second Ctrl-C stops it at once, saving nothing.
+
+    A signal that arrives during validation is held until the validation has ended: Lightning would
+    stop in the middle of it, and the resumed run would not validate that epoch again (no metrics,
+    no best checkpoint for it). The run stops right after it instead.
+
+    ``requeue_signals`` (default ``SIGUSR2``, which submitit sends ``signal_delay_s`` before the
+    time limit) are handled only where another handler already waits for them (submitit's, which
+    requeues the job and exits): the signal is turned into SIGTERM's clean stop, the checkpoint is
+    saved, and the waiting handler runs once the Trainer has shut down (:meth:`hand_over`, which
+    the run calls). (Lightning's own SLURM auto-requeue, on
+    SIGUSR1, writes ``hpc_ckpt_*.ckpt``, which ``ckpt_path=last`` finds too.)
+    """
+
+    def __init__(self, dirpath: str, filename: str = "last", requeue_signals: Sequence[str] = ("SIGUSR2",)) -> None:
+        self.path = Path(dirpath) / f"{filename}.ckpt"
+        self.requeue_signals = [signal.Signals[name] for name in requeue_signals]
+        self._replaced: dict[signal.Signals, Any] = {}
+        self._pending: tuple[Any, signal.Signals] | None = None
+        self._interrupt_handler: Any = None
+        self._held_handler: Any = None
+        self._held_signal = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or threading.current_thread() is not threading.main_thread():
+            return
+        self._interrupt_handler = signal.signal(signal.SIGINT, self._stop_on_interrupt)
+        for signum in self.requeue_signals:
+            waiting = signal.getsignal(signum)
+            if callable(waiting):
+                self._replaced[signum] = waiting
+                signal.signal(signum, self._stop_then_hand_over)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread() and self._held_handler is None:
+            self._held_signal = False
+            self._held_handler = signal.signal(signal.SIGTERM, self._hold)
+
+    def _hold(self, signum: int, frame: Any) -> None:
+        self._held_signal = True
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        """Give SIGTERM back to its handler, and deliver one that arrived meanwhile."""
+        if self._held_handler is None:
+            return
+        signal.signal(signal.SIGTERM, self._held_handler)
+        self._held_handler = None
+        if self._held_signal:
+            self._held_signal = False
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def _stop_on_interrupt(self, signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, self._interrupt_handler)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def _stop_then_hand_over(self, signum: int, frame: Any) -> None:
+        self._pending = (self._replaced[signal.Signals(signum)], signal.Signals(signum))
+        # Lightning's SIGTERM handler stops every rank at the end of this step.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._held_handler is not None:  # an error during validation: nothing to hold any more
+            signal.signal(signal.SIGTERM, self._held_handler)
+            self._held_handler = None
+        if not isinstance(exception, SIGTERMException):
+            return
+        divergence = getattr(pl_module, "divergence", None)
+        if divergence is not None and divergence.has_diverged():  # keep the last good checkpoint
+            pl.utilities.rank_zero_warn(f"not saving {self.path}: the loss was non-finite since the last check")
+            return
+        trainer.save_checkpoint(self.path)
+        pl.utilities.rank_zero_info(f"saved {self.path} at step {trainer.global_step}")
+
+    def hand_over(self) -> None:
+        """Run the requeue handler that waited for the signal which stopped the run, if any (it
+        usually exits the process)."""
+        if self._pending is not None:
+            handler, signum = self._pending
+            self._pending = None
+            handler(signum, None)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for signum, handler in self._replaced.items():
+            signal.signal(signum, handler)
+        self._replaced.clear()
+        if self._interrupt_handler is not None:
+            signal.signal(signal.SIGINT, self._interrupt_handler)
+            self._interrupt_handler = None

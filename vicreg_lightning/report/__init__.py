@@ -1,0 +1,88 @@
+"""Representation report of a pretrained encoder.
+
+``python -m vicreg_lightning.report <checkpoint, run dir or export dir> [--data NAME] [--out DIR]``
+
+Writes a folder with PNG figures, ``report.md``, ``report.html`` (the same, images inlined) and
+``report.json`` (every number). By default the evaluation uses the data set and augmentation recipe
+of the training run (``<run dir>/.hydra/config.yaml``); validation images go through the run's
+``eval_transform``, training images (for the linear probe and the kNN bank) too.
+
+1. **Spectrum and health.** Singular values of the backbone features and of the expander
+   embeddings on the validation set, RankMe (Garrido, Balestriero, Najman, LeCun, ICML 2023), the
+   per-dimension std (what VICReg's variance term pushes to 1; Bardes, Ponce, LeCun, ICLR 2022) and
+   a block of the embeddings' correlation matrix (what its covariance term pushes to 0). The
+   numbers are :mod:`vicreg_lightning.metrics.health`'s.
+2. **Linear probe.** A logistic regression (scikit-learn) fitted on frozen backbone features of
+   the training split, evaluated on the validation split: per-class accuracy and the confusion
+   matrix (the checkpoint's online probe, ``val/probe_acc1``, is quoted beside it when the run has
+   a ``metrics.json``). A 2-D map of the validation embeddings coloured by class: t-SNE (van der
+   Maaten and Hinton, JMLR 2008) up to :data:`TSNE_MAX_POINTS` points, PCA above.
+3. **What counts as "same".** The training recipe, and per augmentation family a measured
+   invariance score (:func:`invariance`, :func:`measure_invariance`), for the encoder and for an
+   untrained encoder of the same architecture, in the spirit of Ericsson, Gouk and Hospedales,
+   "Why do self-supervised models transfer? Investigating the impact of invariance on downstream
+   tasks" (arXiv:2111.11398).
+4. **Stability across groups and domains.** Per group (the classes; with ``--domain``, another
+   data set as one more group): RankMe at equal sample count, kNN accuracy, and the Fréchet
+   distance between Gaussians fitted to the group's features and to the rest's
+   (:func:`frechet_distance`), flagged by :func:`outlier_flags`.
+
+Scaling: features are extracted batch by batch on the chosen device (``--device``, CUDA when
+available; the spectra and group distances are computed there too on CUDA); every split is capped
+at ``--max-samples`` images (a seeded random subset), the invariance measurement at
+``--invariance-samples``, t-SNE at :data:`TSNE_MAX_POINTS`. No matrix is larger than ``D×D`` or
+``N×N`` for the capped ``N``.
+
+The package: :mod:`.source` (what the report reads), :mod:`.invariance`, :mod:`.groups`,
+:mod:`.probes` (the measurements; the pure metrics are :mod:`vicreg_lightning.metrics`), :mod:`.figures`, :mod:`.document` (how they are shown),
+:mod:`.sections` (the report, :func:`write_report`) and :mod:`.__main__` (the command line).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from vicreg_lightning.report.document import Document
+from vicreg_lightning.report.figures import CORRELATION_BLOCK, STD_THRESHOLD
+from vicreg_lightning.report.groups import GroupStats, group_stability
+from vicreg_lightning.report.invariance import (
+    FAMILIES,
+    Encoder,
+    FamilyInvariance,
+    RecipeEntry,
+    measure_invariance,
+    single_family_view,
+    training_recipe,
+)
+from vicreg_lightning.report.probes import KNN_K, KNN_TEMPERATURE, TSNE_MAX_POINTS, linear_probe, two_d_map
+from vicreg_lightning.report.sections import FIGURES, ReportOptions, write_report
+from vicreg_lightning.report.source import (
+    SPACES,
+    LoadedEncoder,
+    capped,
+    default_out,
+    extract,
+    load_for_report,
+    untrained_twin,
+)
+
+if TYPE_CHECKING:
+    from vicreg_lightning.report.__main__ import main
+
+__all__ = [
+    "CORRELATION_BLOCK", "FAMILIES", "FIGURES", "KNN_K", "KNN_TEMPERATURE", "SPACES",
+    "STD_THRESHOLD", "TSNE_MAX_POINTS", "Document", "Encoder", "FamilyInvariance", "GroupStats",
+    "LoadedEncoder", "RecipeEntry", "ReportOptions", "capped", "default_out", "extract",
+    "group_stability", "linear_probe", "load_for_report", "main", "measure_invariance",
+    "single_family_view", "training_recipe", "two_d_map", "untrained_twin", "write_report",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # main is imported on first use: imported here, eagerly, __main__ would already be in sys.modules when
+    # ``python -m vicreg_lightning.report`` runs it, and runpy warns about that.
+    if name == "main":
+        from vicreg_lightning.report.__main__ import main
+
+        return main
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
