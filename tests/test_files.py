@@ -46,6 +46,7 @@ def test_every_kind_of_bad_file_is_found_and_good_images_pass(tmp_path):
     good = write_image_folder(tmp_path / "train", classes=1, per_class=3) / "class0"
     (good / "photo.jpg").write_bytes(jpeg_bytes())
     (good / "padded.jpg").write_bytes(jpeg_bytes() + b"\0" * 16)  # padding after the end marker
+    (good / "motion.jpg").write_bytes(jpeg_bytes() + b"ftypmp42" * 4096)  # a video appended, as phones do
     Image.effect_noise((16, 16), 40).save(good / "small.webp")
     expected = plant_bad_files(good)
     found = dict(find_bad_images(sorted(str(p) for p in good.iterdir())))

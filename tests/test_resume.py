@@ -163,3 +163,25 @@ def test_views_made_on_the_device_resume_exactly_from_a_mid_epoch_checkpoint(tmp
     resumed = train(*on_device, "ckpt_path=last", f"hydra.run.dir={run_dir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_weights(straight_run, run_dir)
+
+
+def test_sigterm_during_the_last_validation_lets_the_run_finish(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = train(*TWO_EPOCHS, "+callbacks.kill._target_=tests.helpers.SignalDuringValidation",
+                 "+callbacks.kill.epoch=1", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["step"] == 8 and "val/probe_acc1" in metrics
+
+
+def test_a_failed_run_gives_the_signal_handlers_back(tmp_path):
+    import signal
+
+    from tests.test_presets import compose_train
+    from vicreg_lightning.errors import NonFiniteEmbeddingError
+    from vicreg_lightning.train import run
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(NonFiniteEmbeddingError):
+        run(compose_train(*TINY, "optim.base_lr=1e30", "trainer.log_every_n_steps=1", f"paths.output_dir={tmp_path}"))
+    assert signal.getsignal(signal.SIGINT) is before

@@ -53,6 +53,11 @@ def test_claim_refuses_to_overwrite_saved_work(tmp_path):
     with pytest.raises(ConfigError, match="checkpoints of an unfinished run; resume it with ckpt_path=last"):
         claim(tmp_path, None)
     assert claim(tmp_path, "last")
+    slurm = tmp_path / "slurm"
+    slurm.mkdir()
+    (slurm / "hpc_ckpt_1.ckpt").write_bytes(b"weights")  # Lightning's SLURM requeue checkpoint
+    with pytest.raises(ConfigError, match="checkpoints of an unfinished run"):
+        claim(slurm, None)
     (tmp_path / "metrics.json").write_text("{}")
     assert claim(tmp_path, "last") is False
     for ckpt_path in (None, str(tmp_path / "checkpoints" / "last.ckpt")):

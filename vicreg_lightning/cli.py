@@ -26,7 +26,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException, Ove
 from omegaconf.errors import OmegaConfBaseException
 
 from vicreg_lightning.errors import JobFailed, UserError
-from vicreg_lightning.run_dir import FAILURE_FILE, is_finished, is_first_process
+from vicreg_lightning.run_dir import FAILURE_FILE, is_finished, is_first_process, save_job_config
 
 
 def describe_error(error: BaseException) -> str | None:
@@ -87,8 +87,10 @@ def _sweep_job() -> Any:
     return hydra_cfg if hydra_cfg.mode == RunMode.MULTIRUN else None
 
 
-def _record_failed_job(job: Any, error: Exception) -> JobFailed:
-    """Write ``failure.json`` into the job's run directory; the error the sweeper is given."""
+def _record_failed_job(job: Any, error: Exception, cfg: Any) -> JobFailed:
+    """Write ``failure.json`` (and the job's ``.hydra/``, which a job that failed early has not
+    written yet; the sweep summary finds jobs by it) into the job's run directory; the error the
+    sweeper is given."""
     reason = describe_error(error) or f"{type(error).__name__}: {error}"
     if describe_error(error) is None:  # a bug: its traceback goes to the job's log file
         logging.getLogger(__name__).exception("job %s failed", job.job.num)
@@ -98,26 +100,28 @@ def _record_failed_job(job: Any, error: Exception) -> JobFailed:
     if not is_finished(output_dir):  # a job refused for a finished directory leaves it as it was
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / FAILURE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        if cfg is not None:
+            save_job_config(cfg)
     message = f"job {job.job.num} ({' '.join(job.overrides.task)}) failed: {reason}"
     print(f"error: {message}", file=sys.stderr)
     return JobFailed(message)
 
 
 @contextmanager
-def user_errors_exit() -> Iterator[None]:
+def user_errors_exit(cfg: Any = None) -> Iterator[None]:
     """Inside the job: a user error ends the process with one line (Hydra would otherwise add
     "Error executing job with overrides: ..." and a traceback).
 
     In a ``-m`` sweep a failing job (bad values, a diverged run, a bug) must not end the sweep:
     it is recorded in ``<job dir>/failure.json`` and raised as :class:`JobFailed`, which Hydra's
     launcher keeps as the job's result (the Optuna sweeper: a failed trial) while the next jobs
-    run."""
+    run. ``cfg``: the job's config as composed, recorded with a failed sweep job."""
     try:
         yield
     except Exception as error:  # noqa: BLE001 - told apart by describe_error
         job = _sweep_job()
         if job is not None:
-            raise _record_failed_job(job, error) from error
+            raise _record_failed_job(job, error, cfg) from error
         message = None if _tracebacks_wanted() else describe_error(error)
         if message is None:
             raise
@@ -143,7 +147,7 @@ def quiet_lightning_console() -> None:
 
 
 def _train_job(cfg: Any) -> float | None:
-    with user_errors_exit():
+    with user_errors_exit(cfg):
         # Config and data are checked before torchvision and Lightning load: bad input fails fast.
         from vicreg_lightning.config import check_config
         from vicreg_lightning.data.catalog import inspect_data
@@ -158,7 +162,7 @@ def _train_job(cfg: Any) -> float | None:
 
 
 def _eval_job(cfg: Any) -> None:
-    with user_errors_exit():
+    with user_errors_exit(cfg):
         from vicreg_lightning.evaluate import run
 
         quiet_lightning_console()

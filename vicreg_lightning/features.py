@@ -1,5 +1,6 @@
-"""Encoding a data set in eval mode, batch by batch: the one feature extraction of every tool (the
-evaluation, the report, the k-NN monitor, the health check)."""
+"""Encoding a data set in eval mode, batch by batch: the feature extraction that the evaluation,
+the report, the k-NN monitor and the health check share. (The linear protocol on augmented images
+and the invariance audit run the frozen backbone on each batch of their own loops.)"""
 
 from __future__ import annotations
 

@@ -169,6 +169,9 @@ class VICRegModule(pl.LightningModule):
         self.log("val/probe_acc5", self.val_probe_acc5)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A checkpoint between two logging steps (a mid-epoch validation, every_n_train_steps) must
+        # not hold weights that went non-finite since the last check.
+        self.divergence.check(self.global_step)
         # Lightning saves no RNG state; without it a resumed run augments differently.
         checkpoint["rng_states"] = capture_rng_states()
 

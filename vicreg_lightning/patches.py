@@ -15,6 +15,7 @@ instead of silently behaving otherwise:
 from __future__ import annotations
 
 import csv
+import io
 import os
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from vicreg_lightning.errors import UserError
+from vicreg_lightning.run_dir import write_atomically
 
 
 class IncompatibleLightning(UserError):
@@ -131,12 +133,11 @@ class _HistoryKeepingWriter(ExperimentWriter):
             kept = [row for row in self._history if not row.get("step") or int(float(row["step"])) < first_new_step]
             self._history = []
             self._record_new_keys()
-            tmp = f"{self.metrics_file_path}.tmp-{os.getpid()}"
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
-                writer.writeheader()
-                writer.writerows(kept)
-            os.replace(tmp, self.metrics_file_path)
+            text = io.StringIO(newline="")
+            writer = csv.DictWriter(text, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(kept)
+            write_atomically(Path(self.metrics_file_path), text.getvalue())
         super().save()
 
 

@@ -1,9 +1,10 @@
-"""Resuming a run exactly, and leaving a checkpoint behind when the run is preempted.
+"""Resuming a run exactly: which checkpoint, whether it fits this run, and the random state.
 
 A resumed run must end where the uninterrupted run would: Lightning restores weights, optimiser,
-LR schedule, loop counters and callback state; the data order is a function of seed and epoch
-(``VICRegDataModule``); :func:`capture_rng_states` adds the random number generators of every
-rank, which drive the augmentations.
+LR schedule, loop counters and callback state; the data module restores the position in the
+training order, whose views are keyed by sample (``VICRegDataModule``); :func:`capture_rng_states`
+adds the random number generators of every rank, which drive ``augment.on_device``. (The
+checkpoint taken when a run is stopped: :mod:`vicreg_lightning.callbacks.preemption`.)
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import torch
 import torch.distributed as dist
 
 from vicreg_lightning.errors import ConfigError
+from vicreg_lightning.run_dir import HPC_CHECKPOINT_GLOB
 from vicreg_lightning.models import weight_mismatches
 
 LAST_CHECKPOINT = "last"
-# Lightning's SLURM auto-requeue writes these into the run directory on the requeue signal.
-HPC_CHECKPOINT_GLOB = "hpc_ckpt_*.ckpt"
 
 
 def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> Path | None:

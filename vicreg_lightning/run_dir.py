@@ -27,6 +27,8 @@ METRICS_FILE = "metrics.json"
 FAILURE_FILE = "failure.json"
 CONFIG_DIR = ".hydra"
 CHECKPOINT_DIR = "checkpoints"
+# Lightning's SLURM auto-requeue writes these into the run directory on the requeue signal.
+HPC_CHECKPOINT_GLOB = "hpc_ckpt_*.ckpt"
 
 
 def is_finished(output_dir: Path) -> bool:
@@ -66,7 +68,8 @@ def claim(output_dir: Path, ckpt_path: str | None) -> bool:
             "hydra.run.dir (to train it longer: hydra.run.dir=<new> "
             f"ckpt_path={output_dir / CHECKPOINT_DIR / 'last.ckpt'})"
         )
-    if ckpt_path is None and any((output_dir / CHECKPOINT_DIR).glob("*.ckpt")):
+    saved = [*(output_dir / CHECKPOINT_DIR).glob("*.ckpt"), *output_dir.glob(HPC_CHECKPOINT_GLOB)]
+    if ckpt_path is None and saved:
         raise ConfigError(
             f"hydra.run.dir={str(output_dir)!r} holds the checkpoints of an unfinished run; resume it with "
             "ckpt_path=last, or choose a new hydra.run.dir"
@@ -85,13 +88,16 @@ def is_first_process() -> bool:
 
 def save_job_config(cfg: Any) -> None:
     """Write ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` into the job's run
-    directory, as Hydra would (nothing outside a Hydra job, nothing on other ranks than 0)."""
+    directory, as Hydra would (nothing outside a Hydra job, nothing on other ranks than 0). A
+    directory that has them already (a resumed run) keeps them: they describe how the run began."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized() or not is_first_process():
         return
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir) / CONFIG_DIR
+    if (folder / "config.yaml").exists():
+        return
     folder.mkdir(parents=True, exist_ok=True)
     documents = {
         "config.yaml": cfg,

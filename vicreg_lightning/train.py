@@ -71,7 +71,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if not claim(output_dir, cfg.ckpt_path):
         print(f"{output_dir} holds a finished run ({METRICS_FILE}); nothing to do")
         return read_metrics(output_dir)
-    save_job_config(composed)
     if cfg.seed is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -95,6 +94,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         trainer = build_trainer(cfg, loggers)
         try:
             per_device_batch_size(cfg.data.batch_size, trainer.world_size)  # before DDP starts its processes
+            save_job_config(composed)  # once every check has passed; a resumed run keeps its own
             metrics = _fit(trainer, module, datamodule, ckpt_path, output_dir)
         except BaseException:
             finish_loggers(loggers, failed=True)
@@ -113,16 +113,22 @@ def _fit(
     trainer: pl.Trainer, module: VICRegModule, datamodule: VICRegDataModule, ckpt_path: Path | None, output_dir: Path
 ) -> dict[str, float]:
     """Train; the final metrics, as every rank sees them (synchronised by Lightning)."""
+    preemption = [callback for callback in trainer.callbacks if isinstance(callback, CheckpointOnPreemption)]
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except SIGTERMException:
-        for callback in trainer.callbacks:
-            if isinstance(callback, CheckpointOnPreemption):
+        # A signal held during the last validation stops the run once every epoch is done: finished.
+        if trainer.current_epoch < trainer.max_epochs:
+            for callback in preemption:
                 callback.hand_over()
-        # Exit non-zero: a scheduler, or a sweep, must not take a preempted run for a finished one.
-        print(f"stopped (SIGTERM or Ctrl-C) at step {trainer.global_step}; resume with: hydra.run.dir={output_dir} "
-              "ckpt_path=last", file=sys.stderr)
-        raise SystemExit(PREEMPTED_EXIT_CODE) from None
+            # Exit non-zero: a scheduler, or a sweep, must not take a preempted run for a finished one.
+            print(f"stopped (SIGTERM or Ctrl-C) at step {trainer.global_step}; resume with: "
+                  f"hydra.run.dir={output_dir} ckpt_path=last", file=sys.stderr)
+            raise SystemExit(PREEMPTED_EXIT_CODE) from None
+    finally:
+        # Lightning runs no callback teardown after an exception, and puts its own handlers back.
+        for callback in preemption:
+            callback.restore_signal_handlers()
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     checkpoint = trainer.checkpoint_callback

@@ -111,6 +111,13 @@ class CheckpointOnPreemption(pl.Callback):
             handler(signum, None)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.restore_signal_handlers()
+
+    def restore_signal_handlers(self) -> None:
+        """Put back the handlers :meth:`setup` replaced (the run calls it after every fit, also one
+        that failed: Lightning then runs no ``teardown`` hook)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
         for signum, handler in self._replaced.items():
             signal.signal(signum, handler)
         self._replaced.clear()

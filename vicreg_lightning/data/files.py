@@ -4,8 +4,9 @@ PNG). Each would otherwise show mid-epoch as a traceback, or not at all: a loop 
 samples and can pull the validation images into training; libjpeg fills a truncated JPEG with
 grey and only warns.
 
-The file check reads 32 bytes at each end of every file (no decoding), from a pool of threads:
-the cost is a directory listing's, not an epoch's.
+The file check opens every file and reads 32 bytes at each end, from a pool of threads; only a
+JPEG or PNG whose end marker is not at its end (a truncated file, or a valid one with data appended,
+as phones write motion photos) is decoded, to tell the two apart.
 """
 
 from __future__ import annotations
@@ -67,11 +68,23 @@ def _problem(path: str) -> str | None:
         return None
     if not head.startswith(_SIGNATURES):
         return "not an image (unknown format)"
-    if head.startswith(b"\xff\xd8") and _JPEG_END not in tail:
+    if head.startswith(b"\xff\xd8") and _JPEG_END not in tail and not _decodes(path):
         return "a truncated JPEG (no end marker)"
-    if head.startswith(b"\x89PNG") and _PNG_END not in tail:
+    if head.startswith(b"\x89PNG") and _PNG_END not in tail and not _decodes(path):
         return "a truncated PNG (no end marker)"
     return None
+
+
+def _decodes(path: str) -> bool:
+    """Whether Pillow decodes the whole image (it refuses a truncated one)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return True
 
 
 def find_bad_images(paths: Sequence[str], threads: int = 16) -> list[tuple[str, str]]:
