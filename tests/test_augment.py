@@ -12,7 +12,7 @@ import torchvision.transforms as T
 from omegaconf import OmegaConf
 
 from tests.fake_data import write_image_folder
-from tests.test_data import configs
+from tests.runs import configs
 from vicreg_lightning.config import AugmentConfig, ViewConfig
 from vicreg_lightning.data.augment import BatchViewAugment, Normalize, ViewAugment, crop_box
 from vicreg_lightning.data.datamodule import VICRegDataModule
@@ -170,7 +170,7 @@ def test_views_made_on_the_device_from_the_datamodule(tmp_path):
 
 def test_a_run_with_views_made_on_the_device_trains(tmp_path):
     """The whole path under a real Trainer: uint8 batches, kornia views in on_after_batch_transfer."""
-    from tests.test_presets import compose_train, shrink
+    from tests.runs import compose_train, shrink
     from vicreg_lightning.train import run
 
     metrics = run(compose_train(*shrink(tmp_path, tmp_path / "run"), "augment.on_device=true"))

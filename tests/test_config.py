@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_presets import compose_train
+from tests.runs import compose_train
 from vicreg_lightning.config import check_config
 from vicreg_lightning.errors import ConfigError
 

@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from tests.fake_data import write_cifar, write_image_folder, write_imagenet, write_stl10
-from vicreg_lightning.config import AugmentConfig, DataConfig
+from tests.runs import configs
 from vicreg_lightning.data.catalog import IMG_EXTENSIONS, TORCHVISION_FOLDERS, UNLABELED, inspect_data
 from vicreg_lightning.data.datamodule import VICRegDataModule
 from vicreg_lightning.errors import ConfigError, DataError
-
-
-def configs(name: str, root: str = "", size: int = 16, batch_size: int = 4, **data):
-    data_cfg = OmegaConf.structured(DataConfig(name=name, root=root, batch_size=batch_size, **{"num_workers": 0, **data}))
-    aug = OmegaConf.structured(AugmentConfig(size=size, val_resize=size, blur_kernel_size=3))
-    return data_cfg, aug
 
 
 def check_two_views(dm: VICRegDataModule, size: int, num_classes: int) -> None:

@@ -5,37 +5,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.runs import TINY, train, weights
+
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 ONE = ["trainer.accelerator=cpu", "trainer.devices=1"]
-# The generic LARS preset (lr 0.0375 at batch 32), not digits' base_lr 3.2: the tolerance below is
-# for float32 sums in another order, and steps ten times larger grew that difference to 5e-4 in 4 steps.
-TINY = [
-    "data.batch_size=32", "model.expander=64-64", "data.num_workers=0", "trainer.enable_progress_bar=false",
-    "trainer.max_epochs=1", "trainer.limit_train_batches=4", "optim=lars", "optim.warmup_epochs=0",
-]
-
-
-def train(*overrides: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``python train.py <overrides>`` in a subprocess, with ``env`` added to the environment."""
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
 
 
 def finished(proc: subprocess.CompletedProcess, run_dir: Path) -> dict[str, float]:
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((run_dir / "metrics.json").read_text())
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
 def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.helpers import CountHostSyncs
-from tests.test_presets import compose_train
+from tests.runs import compose_train
 from vicreg_lightning.divergence import DivergenceWatch
 from vicreg_lightning.errors import NonFiniteEmbeddingError
 from vicreg_lightning.train import run

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.fake_data import write_image_folder
-from tests.test_data import configs
+from tests.runs import configs
 from vicreg_lightning.data.datasets import build_datasets
 from vicreg_lightning.data.files import find_bad_images
 from vicreg_lightning.errors import DataError

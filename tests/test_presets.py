@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from tests.fake_data import write_cifar, write_image_folder, write_imagenet, write_stl10
+from tests.runs import CONF, compose_train, shrink
 from vicreg_lightning.config import check_config
 from vicreg_lightning.models import uses_small_stem
 from vicreg_lightning.train import run
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 FAKE_DATA = {
     "digits": lambda root: root,
@@ -23,22 +21,6 @@ FAKE_DATA = {
     "imagenet": write_imagenet,
     "imagefolder": lambda root: write_image_folder(root / "train", classes=3, per_class=8).parent,
 }
-
-
-def compose_train(*overrides: str):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
-def shrink(root: Path, output_dir: Path) -> list[str]:
-    """Overrides that keep a preset's architecture and recipe but make it run in seconds."""
-    return [
-        f"data.root={root}", "data.download=false", "data.batch_size=8", "data.num_workers=0",
-        "augment.size=32", "augment.val_resize=36", "augment.blur_kernel_size=3", "model.expander=64-32",
-        "trainer.max_epochs=1", "optim.warmup_epochs=0", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-        f"paths.output_dir={output_dir}",
-    ]
 
 
 @pytest.mark.parametrize("group", ["data", "augment", "model", "optim", "trainer", "logger", "callbacks"])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_ddp import ROOT, TINY, train, weights
+from tests.runs import ROOT, TINY, train, weights
 
 # TINY without its data.num_workers=0: the digits preset's persistent loader worker stays on.
 TWO_EPOCHS = [*(o for o in TINY if not o.startswith("data.num_workers")), "trainer.max_epochs=2",
@@ -177,7 +177,7 @@ def test_sigterm_during_the_last_validation_lets_the_run_finish(tmp_path):
 def test_a_failed_run_gives_the_signal_handlers_back(tmp_path):
     import signal
 
-    from tests.test_presets import compose_train
+    from tests.runs import compose_train
     from vicreg_lightning.errors import NonFiniteEmbeddingError
     from vicreg_lightning.train import run
 

@@ -8,8 +8,7 @@ from types import SimpleNamespace
 import torch
 from torch.utils.data import TensorDataset
 
-from tests.test_data import configs
-from tests.test_presets import compose_train
+from tests.runs import compose_train, configs
 from vicreg_lightning.data.datamodule import VICRegDataModule
 from vicreg_lightning.data.sampler import EpochSampler
 from vicreg_lightning.train import run

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_ddp import ROOT, TINY, train
+from tests.runs import ROOT, TINY, train
 from tests.wandb_records import read_offline_run
 from vicreg_lightning.sweep_summary import main as sweep_summary
 
