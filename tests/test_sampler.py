@@ -53,9 +53,8 @@ def test_the_views_of_a_sample_are_the_same_for_any_number_of_workers_and_device
     assert not torch.equal(reference[0][0][0], epoch_batches(seed=1, epochs=1)[0][0][0])
 
 
-def sampler(batches_done: int = 0, batches_per_epoch: int = 10) -> EpochSampler:
-    return EpochSampler(TensorDataset(torch.zeros(100)), num_replicas=2, rank=1, seed=3, batch_size=4,
-                        batches_done=lambda: batches_done, batches_per_epoch=lambda: batches_per_epoch)
+def sampler() -> EpochSampler:
+    return EpochSampler(TensorDataset(torch.zeros(100)), num_replicas=2, rank=1, seed=3, batch_size=4)
 
 
 def test_a_position_saved_mid_epoch_continues_with_the_next_batch_of_the_same_order():
@@ -64,20 +63,20 @@ def test_a_position_saved_mid_epoch_continues_with_the_next_batch_of_the_same_or
     order = list(uninterrupted)
     assert {epoch for epoch, _ in order} == {5} and len(order) == 50
 
-    interrupted = sampler(batches_done=3)
+    interrupted = sampler()
     interrupted.set_epoch(5)
-    state = interrupted.state_dict()
+    state = interrupted.position(batches_done=3, batches_per_epoch=10)
     assert state == {"epoch": 5, "batch": 3}
     resumed = sampler()
-    resumed.load_state_dict(state)
+    resumed.start_at(state)
     assert list(resumed) == order[3 * 4:]
     assert list(resumed) == order, "the skip applies to the first iteration only"
 
 
 def test_a_position_saved_at_an_epochs_end_starts_the_next_epoch():
-    finished = sampler(batches_done=10)
+    finished = sampler()
     finished.set_epoch(5)
-    assert finished.state_dict() == {"epoch": 6, "batch": 0}
+    assert finished.position(batches_done=10, batches_per_epoch=10) == {"epoch": 6, "batch": 0}
 
 
 def test_digits_runs_with_and_without_loader_workers_reach_the_same_probe_accuracy(tmp_path):

@@ -31,7 +31,7 @@ class DivergenceWatch:
             self._first_bad_step = torch.full((), -1, dtype=torch.long, device=bad.device)
         self._bad_terms |= bad
         first_now = (self._first_bad_step < 0) & bad.any()
-        self._first_bad_step = torch.where(first_now, torch.full_like(self._first_bad_step, step), self._first_bad_step)
+        self._first_bad_step = torch.where(first_now, step, self._first_bad_step)
 
     def check(self, step: int) -> None:
         """Raise :class:`NonFiniteEmbeddingError` naming the step and the terms if any term was

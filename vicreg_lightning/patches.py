@@ -104,6 +104,7 @@ def _config_flags(argv: list[str]) -> list[str]:
                 kept.append(next(args, ""))
     return kept
 
+
 def use_job_command_for_ddp_children() -> None:
     """Make Lightning's DDP launcher start children with :func:`_ddp_child_command` (Lightning picks
     the command through a module-level function with no public hook)."""

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from omegaconf import OmegaConf
 
@@ -45,14 +46,30 @@ def write_metrics(path: Path, metrics: dict[str, float]) -> None:
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``: the old
-    content stays whole until the new one is."""
+    """Write ``text`` to ``path`` through :func:`replace_atomically`."""
+    replace_atomically(path, lambda f: f.write(text.encode()))
+
+
+def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Let ``write`` fill a temporary file beside ``path``, flush it to disk, then rename it over
+    ``path``: the old content stays whole until the new one is, whatever fails in between (a full
+    disk, a killed process), also where ``/tmp`` is on another file system than ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text)
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    # The rename itself reaches the disk with the directory's entry.
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def claim(output_dir: Path, ckpt_path: str | None) -> bool:

@@ -72,7 +72,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         print(f"{output_dir} holds a finished run ({METRICS_FILE}); nothing to do")
         return read_metrics(output_dir)
     if cfg.seed is not None:
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        pl.seed_everything(cfg.seed, verbose=False)
 
     datamodule = VICRegDataModule(cfg.data, cfg.augment, seed=cfg.seed or 0)
     module = VICRegModule(

@@ -14,7 +14,6 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
-
 class CheckpointOnPreemption(pl.Callback):
     """Save ``<dirpath>/last.ckpt`` when the run is stopped by SIGTERM (preemption, ``scancel``,
     ``kill``) or by a scheduler's requeue signal, so that ``ckpt_path=last`` continues from the
@@ -68,17 +67,17 @@ class CheckpointOnPreemption(pl.Callback):
         self._held_signal = True
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._release()
+        self._release(deliver=True)
 
-    def _release(self) -> None:
-        """Give SIGTERM back to its handler, and deliver one that arrived meanwhile."""
+    def _release(self, deliver: bool) -> None:
+        """Give SIGTERM back to its handler, and (``deliver``) send one that arrived meanwhile."""
         if self._held_handler is None:
             return
         signal.signal(signal.SIGTERM, self._held_handler)
         self._held_handler = None
-        if self._held_signal:
-            self._held_signal = False
+        if self._held_signal and deliver:
             os.kill(os.getpid(), signal.SIGTERM)
+        self._held_signal = False
 
     def _stop_on_interrupt(self, signum: int, frame: Any) -> None:
         signal.signal(signal.SIGINT, self._interrupt_handler)
@@ -90,9 +89,7 @@ class CheckpointOnPreemption(pl.Callback):
         os.kill(os.getpid(), signal.SIGTERM)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if self._held_handler is not None:  # an error during validation: nothing to hold any more
-            signal.signal(signal.SIGTERM, self._held_handler)
-            self._held_handler = None
+        self._release(deliver=False)  # stopped during validation: nothing to hold any more
         if not isinstance(exception, SIGTERMException):
             return
         divergence = getattr(pl_module, "divergence", None)

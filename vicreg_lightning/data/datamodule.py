@@ -81,7 +81,12 @@ class VICRegDataModule(pl.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in every checkpoint: where the training order goes on (epoch, batch)."""
-        return {"train_position": self._train_sampler.state_dict()} if self._train_sampler is not None else {}
+        if self._train_sampler is None or self.trainer is None:
+            return {}
+        # `processed`: the batches whose training step has run, also inside on_train_batch_end
+        # (where Lightning's `completed` counter is one behind).
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"train_position": self._train_sampler.position(done, self.trainer.num_training_batches)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restored before the training loader exists (Lightning restores the data module before it
@@ -147,14 +152,6 @@ class VICRegDataModule(pl.LightningDataModule):
     def per_device_batch_size(self) -> int:
         return per_device_batch_size(self.data_cfg.batch_size, self.world_size)
 
-    def _batches_done(self) -> int:
-        """Batches of the current epoch whose training step has run (also inside
-        ``on_train_batch_end``, where Lightning's ``completed`` counter is one behind)."""
-        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0
-
-    def _batches_per_epoch(self) -> int | float:
-        return self.trainer.num_training_batches if self.trainer else float("inf")
-
     def _loader(self, dataset: Dataset, sampler: DistributedSampler, train: bool) -> DataLoader:
         workers = self.data_cfg.num_workers if self.data_cfg.num_workers >= 0 else default_num_workers()
         return DataLoader(
@@ -177,9 +174,9 @@ class VICRegDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
         self._train_sampler = EpochSampler(self.train_set, self.world_size, self.rank, self.seed,
-                                           self.per_device_batch_size, self._batches_done, self._batches_per_epoch)
+                                           self.per_device_batch_size)
         if self._resume_position is not None:
-            self._train_sampler.load_state_dict(self._resume_position)
+            self._train_sampler.start_at(self._resume_position)
             self._resume_position = None
         return self._loader(self.train_set, self._train_sampler, train=True)
 

@@ -8,7 +8,8 @@ batch of the same order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+
 from torch.utils.data import Dataset, DistributedSampler
 
 
@@ -18,16 +19,13 @@ class EpochSampler(DistributedSampler):
     the number of ranks) that yields ``(epoch, index)`` keys: the loader workers then know the epoch
     of every sample they augment, persistent or not.
 
-    ``batches_done()`` and ``batches_per_epoch()`` tell, when a checkpoint is saved, how far the run
-    has got in the epoch (:meth:`state_dict`); :meth:`load_state_dict` makes the next iteration start
-    there.
+    :meth:`position` says where the order goes on after a given number of batches of the current
+    epoch (what a checkpoint saves); :meth:`start_at` makes the next iteration start there.
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, batch_size: int,
-                 batches_done: Callable[[], int], batches_per_epoch: Callable[[], int | float]) -> None:
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, batch_size: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
         self.batch_size = batch_size
-        self.batches_done, self.batches_per_epoch = batches_done, batches_per_epoch
         self._skip_batches = 0
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
@@ -35,14 +33,14 @@ class EpochSampler(DistributedSampler):
         epoch = self.epoch
         return ((epoch, index) for index in list(super().__iter__())[skip:])
 
-    def state_dict(self) -> dict[str, int]:
-        """Where the next batch comes from: ``{"epoch": e, "batch": k}``."""
-        done = self.batches_done()
-        if done >= self.batches_per_epoch():
+    def position(self, batches_done: int, batches_per_epoch: int | float) -> dict[str, int]:
+        """Where the next batch comes from, ``batches_done`` batches into this epoch of
+        ``batches_per_epoch``: ``{"epoch": e, "batch": k}``."""
+        if batches_done >= batches_per_epoch:
             return {"epoch": self.epoch + 1, "batch": 0}
-        return {"epoch": self.epoch, "batch": done}
+        return {"epoch": self.epoch, "batch": batches_done}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """The next iteration (only) starts at ``state``'s batch of ``state``'s epoch."""
-        self.set_epoch(state["epoch"])
-        self._skip_batches = state["batch"]
+    def start_at(self, position: dict[str, int]) -> None:
+        """The next iteration (only) starts at ``position``'s batch of ``position``'s epoch."""
+        self.set_epoch(position["epoch"])
+        self._skip_batches = position["batch"]
