@@ -34,7 +34,7 @@ def test_the_training_step_reads_nothing_from_the_device_between_logging_steps(t
     run(compose_train(
         "trainer.max_epochs=2", f"trainer.limit_train_batches={per_epoch}", f"trainer.log_every_n_steps={every}",
         "data.batch_size=32", "model.expander=64-64", "augment.size=16",
-        "augment.val_resize=16", "trainer.limit_val_batches=1", "callbacks.representation_health=null",
+        "augment.val_resize=16", "trainer.limit_val_batches=1", "callbacks.representation_health.every_n_steps=4",
         "+callbacks.count._target_=tests.helpers.CountHostSyncs", f"paths.output_dir={tmp_path}",
     ))
     calls = CountHostSyncs.steps
