@@ -36,10 +36,10 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageFilter, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vicreg_lightning.config import preset  # noqa: E402
 from vicreg_lightning.data.augment import BatchViewAugment, Normalize, TwoViews, same_size  # noqa: E402
 from vicreg_lightning.data.datasets import read_rgb  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class OfficialGaussianBlur:
@@ -90,7 +90,7 @@ def official_pipeline(size: int) -> Callable[[str], object]:
 
 def official_augment(size: int, **overrides: object) -> Any:
     """Our ``conf/augment/official.yaml`` at ``size`` px."""
-    return OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "augment" / "official.yaml"), {"size": size, **overrides})
+    return OmegaConf.merge(preset("augment", "official"), {"size": size, **overrides})
 
 
 def our_pipeline(size: int, normalize_on_cpu: bool) -> Callable[[str], object]:

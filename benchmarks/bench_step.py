@@ -33,17 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from vicreg_lightning.config import preset  # noqa: E402
 from vicreg_lightning.module import VICRegModule  # noqa: E402
 from vicreg_lightning.optim import build_optimizer, scaled_lr, warmup_cosine  # noqa: E402
 
 # The shipped LARS preset and loss (official coefficients), with no warmup: every timed step at full lr.
-OPTIM = {**OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "optim" / "lars.yaml")), "warmup_epochs": 0}
-LOSS = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "loss" / "vicreg.yaml"))
+OPTIM = preset("optim", "lars", "warmup_epochs=0")
+LOSS = preset("loss", "vicreg")
 
 
 def model_config(args: argparse.Namespace, **speed: Any) -> dict[str, Any]:

@@ -1,10 +1,13 @@
 """Shared fixtures. Tests run on CPU with no network; GPU-only tests skip without a GPU."""
 
 import os
+from pathlib import Path
 
+import pytest
 import torch
 
 from tests.fake_data import skip_integrity_checks  # noqa: F401  (a fixture)
+from tests.runs import DDP, DEFAULT_RUN, KNN_MONITOR, TINY_RUN, trained_run
 
 
 def pytest_configure(config):
@@ -17,3 +20,34 @@ def pytest_configure(config):
         threads = str(max(1, cores // workers))
         os.environ["OMP_NUM_THREADS"] = threads
         torch.set_num_threads(int(threads))
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``python train.py``: the embedded digits, ResNet-10, 20 epochs (minutes on 2 CPU cores)."""
+    return trained_run(tmp_path_factory, "default", DEFAULT_RUN)
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default run's model (ResNet-10, ImageNet stem) after 2 steps, with the k-NN monitor
+    (whose val/knn_acc1 tests compare with eval.py's)."""
+    return trained_run(tmp_path_factory, "tiny_digits", (*TINY_RUN, KNN_MONITOR))
+
+
+@pytest.fixture(scope="session")
+def tiny_ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same run on 2 DDP processes (gloo): test_ddp.py compares it with one process,
+    test_eval.py its k-NN monitor with the offline k-NN."""
+    return trained_run(tmp_path_factory, "tiny_ddp", (*TINY_RUN, *DDP, KNN_MONITOR))
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet18_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ResNet-18 with the small-image (3x3, no max-pool) stem after 2 steps on digits, on 16-px crops
+    (that stem costs 10x the default model per image): one validation batch, no health check."""
+    return trained_run(tmp_path_factory, "tiny_resnet18", (
+        *TINY_RUN, "model.backbone=resnet18", "model.small_stem=true", "trainer.limit_val_batches=1",
+        "augment.size=16", "augment.val_resize=16",
+        "callbacks.representation_health=null",
+    ))

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from tests.fake_data import write_image_folder
 from tests.runs import configs
-from vicreg_lightning.config import AugmentConfig, ViewConfig
+from vicreg_lightning.config import preset
 from vicreg_lightning.data.augment import BatchViewAugment, Normalize, ViewAugment, crop_box
 from vicreg_lightning.data.datamodule import VICRegDataModule
 from vicreg_lightning.errors import ConfigError
@@ -23,16 +23,22 @@ SAMPLES = 600
 PROB = 0.3
 
 
+def official(**changes) -> OmegaConf:
+    """The official recipe (``augment=official``) at ``SIZE`` px, with ``changes``."""
+    return OmegaConf.create({**preset("augment", "official"), "size": SIZE, "val_resize": SIZE,
+                             "blur_kernel_size": 5, **changes})
+
+
 def only(family: str, prob: float = PROB) -> tuple[OmegaConf, OmegaConf]:
     """A recipe with every family off but ``family``, and a crop that keeps the whole image."""
-    aug = OmegaConf.structured(AugmentConfig(
-        size=SIZE, val_resize=SIZE, crop_scale=[1.0, 1.0], crop_ratio=[1.0, 1.0], hflip_prob=0.0, jitter_prob=0.0,
-        grayscale_prob=0.0, blur_kernel_size=5, view_a=ViewConfig(0.0, 0.0), view_b=ViewConfig(0.0, 0.0),
+    aug = official(
+        crop_scale=[1.0, 1.0], crop_ratio=[1.0, 1.0], hflip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0,
+        view_a={"blur_prob": 0.0, "solarize_prob": 0.0}, view_b={"blur_prob": 0.0, "solarize_prob": 0.0},
         # The same normalisation for every channel: a grey image stays grey.
         mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25],
         # A blur of sigma < 0.3 leaves uint8 noise unchanged: keep every blur visible.
         blur_sigma=[1.0, 2.0],
-    ))
+    )
     if family in ("blur", "solarize"):
         aug.view_a[f"{family}_prob"] = prob
     else:
@@ -116,7 +122,7 @@ def test_the_two_views_draw_independently(where):
 @pytest.mark.parametrize("where", IMPLEMENTATIONS)
 def test_crops_differ_per_sample_of_one_image(where):
     torch.manual_seed(0)
-    aug = OmegaConf.structured(AugmentConfig(size=SIZE, val_resize=SIZE, blur_kernel_size=5))
+    aug = official()
     batch = images(1).expand(32, -1, -1, -1).contiguous()
     _, views = IMPLEMENTATIONS[where](aug, aug.view_a, batch)
     distinct = {tuple(v.flatten()[:64].tolist()) for v in views}
@@ -138,7 +144,7 @@ def test_crop_draw_is_torchvisions():
 def test_official_asymmetry_between_the_views():
     """View a: always blurred, never solarised; view b: blurred 10%, solarised 20% of the time."""
     torch.manual_seed(0)
-    aug = OmegaConf.structured(AugmentConfig(size=SIZE, val_resize=SIZE, blur_kernel_size=5))
+    aug = official()
     batch = images(SAMPLES)
     for family, view, expected in (("blur", "view_a", 1.0), ("solarize", "view_a", 0.0),
                                    ("blur", "view_b", 0.1), ("solarize", "view_b", 0.2)):

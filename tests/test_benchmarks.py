@@ -9,9 +9,7 @@ import sys
 
 import pytest
 
-from tests.default_run import ROOT
-
-
+from tests.runs import ROOT
 def run_benchmark(script: str, *args: str) -> str:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)

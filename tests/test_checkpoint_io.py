@@ -91,17 +91,21 @@ def test_a_full_disk_on_another_file_system_leaves_the_previous_checkpoint(small
 
 SAVE_FOREVER = textwrap.dedent("""
     import sys, torch
-    from vicreg_lightning.checkpoint_io import AtomicCheckpointIO
-    io, path = AtomicCheckpointIO(), sys.argv[1]
+    from pathlib import Path
+    from vicreg_lightning.run_dir import replace_atomically
+    path = Path(sys.argv[1])
     for version in range(1000):
-        io.save_checkpoint({"version": version, "weights": torch.full((8_000_000,), float(version))}, path)
+        checkpoint = {"version": version, "weights": torch.full((8_000_000,), float(version))}
+        replace_atomically(path, lambda f: torch.save(checkpoint, f))
         print(version, flush=True)
 """)
 
 
 def test_a_process_killed_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path):
-    # A process that does nothing but save 32 MB checkpoints, killed at random moments; the file
-    # lies on another file system than the temporary directory when /dev/shm is a tmpfs.
+    # A process that does nothing but save 32 MB checkpoints as AtomicCheckpointIO does (through
+    # replace_atomically, without importing Lightning: four process starts), killed at random
+    # moments; the file lies on another file system than the temporary directory when /dev/shm is
+    # a tmpfs.
     folder = Path(tempfile.mkdtemp(dir="/dev/shm")) if os.path.isdir("/dev/shm") else tmp_path
     path = folder / "last.ckpt"
     rng = random.Random(0)

@@ -9,12 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.default_run import default_run  # noqa: F401
 from tests.fake_data import write_image_folder
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.runs import ROOT, compose_train
+from vicreg_lightning.cli import describe_error
 
 
 def train(*overrides: str, timeout: float = 600) -> tuple[subprocess.CompletedProcess, float]:
@@ -32,24 +30,30 @@ def empty_image_folder(tmp_path: Path) -> str:
     return str(tmp_path)
 
 
+# Through train.py, one case of each kind of refusal: a composition error, an unknown key, a value
+# the schema check refuses, the default recipe under other data, missing data, a corrupt checkpoint,
+# a run that diverges. The other bad values take the same paths; they are refused in-process below
+# and in test_config.py, test_resume.py and test_data.py.
 BAD_INPUT = [
-    (["loss.sim_coeff=-1"], "loss.sim_coeff=-1.0"),
+    (["data=nonexistent"], "data=nonexistent: no such option"),
+    (["loss.sim_coef=5"], "unknown config key 'loss.sim_coef'"),
     (["data.batch_size=1"], "data.batch_size=1"),
-    (["model.expander=8192-abc"], "model.expander='8192-abc'"),
-    (["data=nonexistent"], "data=nonexistent"),
-    (["model.backbone=resnet999"], "model.backbone='resnet999'"),
-    (["trainer.max_epochs=0"], "trainer.max_epochs=0"),
-    (["data=imagefolder", "data.root=/no/such/dir"], "data.root='/no/such/dir'"),
-    (["data=imagefolder", "data.root={empty}"], "no images"),
-    (["optim.name=unknown"], "optim.name='unknown'"),
-    (["loss.sim_coef=5"], "loss.sim_coef"),
-    (["loss.sim_coeff=abc"], "loss.sim_coeff"),
+    (["data=cifar10"], "data=cifar10 under experiment=digits"),
+    (["~experiment", "data=imagefolder", "data.root={empty}"], "no images"),
+    (["ckpt_path={corrupt}"], "not a readable PyTorch file (corrupt or truncated)"),
     (["optim.base_lr=1e30", "trainer.limit_train_batches=3", "trainer.log_every_n_steps=1",
       "trainer.enable_progress_bar=false"], "non-finite"),
-    (["ckpt_path={corrupt}"], "not a readable PyTorch checkpoint"),
-    (["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt': no such file"),
-    (["ckpt_path={other_model}"], "different model (backbone.conv1.weight: (64, 3, 3, 3) saved, (64, 3, 7, 7) expected"),
 ]
+
+
+def test_bad_overrides_are_described_in_one_line_in_process():
+    """What Hydra raises for an override of the wrong type names the key (the line train.py prints)."""
+    with pytest.raises(Exception) as error:
+        compose_train("loss.sim_coeff=abc", "paths.output_dir=x")
+    assert describe_error(error.value).startswith("loss.sim_coeff: Value 'abc' of type 'str' could not be converted")
+    with pytest.raises(Exception) as error:
+        compose_train("model=nonexistent", "paths.output_dir=x")
+    assert describe_error(error.value) == "model=nonexistent: no such option; choose one of: digits, resnet18, resnet50"
 
 
 @pytest.mark.parametrize("overrides,names", BAD_INPUT, ids=[" ".join(o) for o, _ in BAD_INPUT])
@@ -57,9 +61,7 @@ def test_bad_input_gets_one_clear_line(tmp_path, overrides, names):
     root = empty_image_folder(tmp_path / "empty")
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"half a checkpoint")
-    other_model = tmp_path / "other_model.ckpt"
-    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(64, 3, 3, 3)}}, other_model)
-    overrides = [o.format(empty=root, corrupt=corrupt, other_model=other_model) for o in overrides]
+    overrides = [o.format(empty=root, corrupt=corrupt) for o in overrides]
     run_dir = tmp_path / "run"
     proc, seconds = train(*overrides, f"hydra.run.dir={run_dir}")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -77,7 +79,7 @@ def test_overrides_reach_the_run(tmp_path):
     write_image_folder(tmp_path / "data" / "train", classes=2, per_class=8, size=24)
     run_dir = tmp_path / "run"
     proc, _ = train(
-        "data=imagefolder", f"data.root={tmp_path / 'data'}", "data.batch_size=4", "data.num_workers=0",
+        "~experiment", "data=imagefolder", f"data.root={tmp_path / 'data'}", "data.batch_size=4", "data.num_workers=0",
         "augment.size=16", "augment.val_resize=16", "augment.blur_kernel_size=3",
         "model.backbone=resnet10", "model.expander=32-16", "loss.sim_coeff=10", "loss.std_coeff=10",
         "loss.cov_coeff=2", "optim=sgd", "optim.base_lr=0.05", "optim.warmup_epochs=1", "trainer.max_epochs=2",
@@ -95,13 +97,13 @@ def test_overrides_reach_the_run(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("default_run")
-def test_default_run_learns_digits(default_run):  # noqa: F811 (the fixture)
+def test_default_run_learns_digits(default_run):
     """The README's main job: `python train.py` on the embedded digits, nothing else (trained once
     per test session, shared with the evaluation tests)."""
     metrics = json.loads((default_run / "metrics.json").read_text())
     seconds = float((default_run / "train_seconds.txt").read_text())
     print(f"default run: {seconds:.0f} s, val/probe_acc1={metrics['val/probe_acc1']:.4f}")
-    assert metrics["val/probe_acc1"] >= 0.90
+    assert metrics["val/probe_acc1"] >= 0.95
     assert metrics["val/probe_acc5"] >= metrics["val/probe_acc1"]
     for key in ("train/loss", "train/invariance", "train/variance", "train/covariance",
                 "train/embed_std_mean", "train/embed_std_min", "train/probe_acc1", "lr", "health/embed_rankme"):

@@ -7,7 +7,7 @@ import torch
 
 from tests.fake_data import write_cifar, write_image_folder, write_imagenet, write_stl10
 from tests.runs import configs
-from vicreg_lightning.data.catalog import IMG_EXTENSIONS, TORCHVISION_FOLDERS, UNLABELED, inspect_data
+from vicreg_lightning.data.catalog import DATASETS, IMG_EXTENSIONS, UNLABELED, inspect_data
 from vicreg_lightning.data.datamodule import VICRegDataModule
 from vicreg_lightning.errors import ConfigError, DataError
 
@@ -105,8 +105,9 @@ def test_empty_image_folder_is_a_clear_error(tmp_path):
 
 def test_missing_folder_is_a_clear_error(tmp_path):
     dm = VICRegDataModule(*configs("imagefolder", str(tmp_path / "nope")))
-    with pytest.raises(DataError, match="no folder"):
-        dm.setup()
+    for check in (lambda: inspect_data(dm.data_cfg), dm.setup):  # before anything loads, and in setup
+        with pytest.raises(DataError, match=f"^data.root='{tmp_path / 'nope'}': no folder"):
+            check()
 
 
 def test_missing_cifar_without_download_is_a_clear_error(tmp_path):
@@ -129,7 +130,8 @@ def test_catalog_matches_torchvision():
     assert set(IMG_EXTENSIONS) == set(TV_EXTENSIONS)
     classes = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100,
                "stl10": torchvision.datasets.STL10}
-    assert TORCHVISION_FOLDERS == {name: cls.base_folder for name, cls in classes.items()}
+    archives = {name: entry.archive_folder for name, entry in DATASETS.items() if entry.archive_folder}
+    assert archives == {name: cls.base_folder for name, cls in classes.items()}
 
 
 def test_inspect_data_refuses_class_folders_without_images(tmp_path):

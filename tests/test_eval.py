@@ -16,12 +16,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from tests.default_run import ROOT, TINY_RUN, default_run, tiny_digits_run, trained_run  # noqa: F401  (fixtures)
 from tests.fake_data import write_stl10
+from tests.runs import ROOT
 from vicreg_lightning.data.datasets import TensorImages
 from vicreg_lightning.errors import ConfigError, DataError, UserError
 from vicreg_lightning.evaluate import (
-    LinearEvalConfig,
     check_eval_config,
     class_balanced_subset,
     feature_batches,
@@ -98,7 +97,7 @@ def test_linear_eval_separates_separable_features():
         return centres[labels] + torch.randn(n, 64, generator=generator), labels
 
     (train_x, train_y), (val_x, val_y) = sample(300), sample(90)
-    cfg, cpu = OmegaConf.structured(LinearEvalConfig), torch.device("cpu")
+    cfg, cpu = OmegaConf.load(ROOT / "conf" / "eval" / "linear.yaml").linear, torch.device("cpu")
     with one_cpu_thread(cpu):
         result = linear_eval(cfg, feature_batches(train_x, train_y, cfg.batch_size), Features(val_x, None, val_y), 3,
                              cpu)
@@ -134,7 +133,7 @@ EXPECTED_KEYS = {
 }
 
 
-def test_eval_cli_writes_every_metric(tiny_digits_run, tmp_path):  # noqa: F811
+def test_eval_cli_writes_every_metric(tiny_digits_run, tmp_path):
     """Every protocol, on a checkpoint, with the paper's augmented linear training (1 epoch)."""
     run_dir = tmp_path / "eval"
     proc = eval_cli(f"weights={tiny_digits_run / 'checkpoints' / 'last.ckpt'}", "eval=all",
@@ -170,17 +169,12 @@ def test_bad_input_gets_one_clear_line(tmp_path, overrides, message):
 
 
 @pytest.mark.slow
-def test_knn_monitor_under_ddp_matches_offline_knn(tmp_path_factory, tmp_path):
+def test_knn_monitor_under_ddp_matches_offline_knn(tiny_ddp_run, tmp_path):
     """2 DDP processes share the bank and the queries between them; the monitor's val/knn_acc1
     must be the 20-NN accuracy one process computes offline on the same (final) weights."""
-    run_dir = trained_run(tmp_path_factory, "tiny_ddp_knn", (
-        *TINY_RUN, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-        "+callbacks.knn_monitor._target_=vicreg_lightning.callbacks.knn_monitor.KNNMonitor",
-    ))
-    proc = eval_cli(f"weights={run_dir}", "eval=knn", "eval.knn.k=[20]", f"hydra.run.dir={tmp_path / 'eval'}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    offline = json.loads((tmp_path / "eval" / "metrics.json").read_text())["eval/knn20_acc1"]
-    assert json.loads((run_dir / "metrics.json").read_text())["val/knn_acc1"] == pytest.approx(offline, abs=1e-6)
+    offline = run(compose_eval(f"weights={tiny_ddp_run}", "eval=knn", "eval.knn.k=[20]",
+                               f"paths.output_dir={tmp_path / 'eval'}"))["eval/knn20_acc1"]
+    assert json.loads((tiny_ddp_run / "metrics.json").read_text())["val/knn_acc1"] == pytest.approx(offline, abs=1e-6)
 
 
 def compose_eval(*overrides: str):
@@ -202,7 +196,7 @@ REFUSED = [
 
 
 @pytest.mark.parametrize("overrides,error,message", REFUSED, ids=[" ".join(o) for o, _, _ in REFUSED])
-def test_bad_values_are_refused_before_evaluating(tiny_digits_run, tmp_path, overrides, error, message):  # noqa: F811
+def test_bad_values_are_refused_before_evaluating(tiny_digits_run, tmp_path, overrides, error, message):
     cfg = compose_eval(*[o.format(run=tiny_digits_run) for o in overrides], f"paths.output_dir={tmp_path / 'eval'}")
     with pytest.raises(error) as raised:
         run(cfg)
@@ -210,7 +204,7 @@ def test_bad_values_are_refused_before_evaluating(tiny_digits_run, tmp_path, ove
     assert not (tmp_path / "eval").exists()
 
 
-def test_embeddings_need_an_expander(tiny_digits_run, tmp_path):  # noqa: F811
+def test_embeddings_need_an_expander(tiny_digits_run, tmp_path):
     folder = export(tiny_digits_run, tmp_path / "export")
     (folder / "expander.pt").unlink()  # a backbone-only export loads, without an expander
     cfg = compose_eval(f"weights={folder}", "eval=knn", "eval.knn.embeddings=true",
@@ -219,7 +213,7 @@ def test_embeddings_need_an_expander(tiny_digits_run, tmp_path):  # noqa: F811
         run(cfg)
 
 
-def test_data_without_labels_is_refused_with_one_line(tiny_digits_run, tmp_path, skip_integrity_checks):  # noqa: F811
+def test_data_without_labels_is_refused_with_one_line(tiny_digits_run, tmp_path, skip_integrity_checks):
     """STL-10 with its unlabeled split only: label -1 everywhere in the training split."""
     write_stl10(tmp_path / "stl", n_train=0)
     cfg = compose_eval(f"weights={tiny_digits_run}", "data=stl10", f"data.root={tmp_path / 'stl'}",
@@ -228,7 +222,7 @@ def test_data_without_labels_is_refused_with_one_line(tiny_digits_run, tmp_path,
         run(cfg)
 
 
-def test_data_preset_replaces_the_runs_and_keys_merge_over_it(tiny_digits_run):  # noqa: F811
+def test_data_preset_replaces_the_runs_and_keys_merge_over_it(tiny_digits_run):
     info = load_encoder(tiny_digits_run)[2]
     cfg = check_eval_config(compose_eval("weights=x", "+data.val_fraction=0.3", "paths.output_dir=x"))
     data, augment = resolve_data(cfg, info)
@@ -264,7 +258,7 @@ MIN_GAIN_OVER_RANDOM = 0.2
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("default_run")
-def test_default_run_representations_beat_random_init(default_run, tmp_path):  # noqa: F811
+def test_default_run_representations_beat_random_init(default_run, tmp_path):
     """After `python train.py`, linear evaluation and 20-NN on digits val clear their bars, and a
     randomly initialised ResNet-10, evaluated the same way in the same test, does much worse.
 

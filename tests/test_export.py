@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 import vicreg_lightning
-from tests.default_run import ROOT, tiny_digits_run, tiny_resnet18_run  # noqa: F401  (fixtures)
+from tests.runs import ROOT
 from vicreg_lightning.errors import UserError
 from vicreg_lightning.export import export, load_encoder, main
 from vicreg_lightning.models import build_backbone
@@ -90,7 +90,7 @@ def test_export_loads_into_torchvision_with_the_same_features(request, tmp_path,
     assert commit is None or len(commit) == 40
 
 
-def test_load_encoder_reads_checkpoint_run_dir_and_export_alike(tiny_digits_run, tmp_path):  # noqa: F811
+def test_load_encoder_reads_checkpoint_run_dir_and_export_alike(tiny_digits_run, tmp_path):
     export(tiny_digits_run, tmp_path / "export")
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
@@ -132,7 +132,7 @@ def _mkdir(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("make,message", [(m, s) for _, m, s in BAD_INPUT], ids=[i for i, _, _ in BAD_INPUT])
-def test_bad_input_gets_one_clear_line(tiny_digits_run, tmp_path, capsys, make, message):  # noqa: F811
+def test_bad_input_gets_one_clear_line(tiny_digits_run, tmp_path, capsys, make, message):
     """The command's main(), in-process (the subprocess below shows it is the same as a user's)."""
     weights = make(tiny_digits_run, tmp_path)
     with pytest.raises(SystemExit) as exit_info:
@@ -142,7 +142,7 @@ def test_bad_input_gets_one_clear_line(tiny_digits_run, tmp_path, capsys, make, 
 
 
 @pytest.mark.parametrize("where", ["an existing file", "/proc"])
-def test_an_output_folder_that_cannot_be_written_gets_one_clear_line(tiny_digits_run, tmp_path, capsys,  # noqa: F811
+def test_an_output_folder_that_cannot_be_written_gets_one_clear_line(tiny_digits_run, tmp_path, capsys,
                                                                      where):
     if where == "/proc":
         out, message = Path("/proc/vicreg-export"), "cannot write the export there"
@@ -160,7 +160,7 @@ def test_bad_input_as_a_user_runs_it(tmp_path):
     assert_one_error_line(proc.returncode, proc.stderr + proc.stdout, "not a readable PyTorch file")
 
 
-def test_export_folder_keeps_working_when_moved(tiny_digits_run, tmp_path):  # noqa: F811
+def test_export_folder_keeps_working_when_moved(tiny_digits_run, tmp_path):
     """An export is self-contained: no path back to the run is needed to load it."""
     export(tiny_digits_run, tmp_path / "export")
     shutil.move(tmp_path / "export", tmp_path / "moved")

@@ -87,7 +87,7 @@ def test_a_symlink_loop_or_a_link_into_the_validation_split_is_refused(tmp_path)
 def test_train_py_names_a_bad_file_in_one_line(tmp_path):
     write_image_folder(tmp_path / "data" / "train", classes=2, per_class=4)
     (tmp_path / "data" / "train" / "class0" / "empty.jpg").write_bytes(b"")
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "data=imagefolder", f"data.root={tmp_path / 'data'}",
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "~experiment", "data=imagefolder", f"data.root={tmp_path / 'data'}",
                            "data.batch_size=4", f"hydra.run.dir={tmp_path / 'run'}"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 2

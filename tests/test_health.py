@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from vicreg_lightning.callbacks.health import RepresentationCollapseWarning, RepresentationHealth
+from vicreg_lightning.config import preset
 from vicreg_lightning.metrics.health import HEALTH_METRIC_NAMES, health_metrics, mean_abs_offdiag_corr, rankme, std_stats
 from vicreg_lightning.module import VICRegModule
 
@@ -244,7 +245,7 @@ def health_keys(metrics) -> set[str]:
 
 def test_vicreg_run_logs_every_health_metric_to_callback_metrics_and_logger(tmp_path):
     model = VICRegModule(
-        model={"backbone": "resnet10", "small_stem": True, "zero_init_residual": True, "expander": "32-16"},
+        model=preset("model", "digits", "small_stem=true", "expander=32-16"),
         loss={}, optim={"name": "lars", "base_lr": 0.4, "weight_decay": 1e-6, "momentum": 0.9, "eta": 1e-3,
                         "betas": [0.9, 0.999], "exclude_bias_and_norm": True, "warmup_epochs": 1.0,
                         "end_lr_ratio": 0.001, "probe_lr": 0.5},

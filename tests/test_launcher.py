@@ -20,10 +20,7 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 2
-TINY = [
-    "trainer.max_epochs=1", f"trainer.limit_train_batches={STEPS}", "trainer.limit_val_batches=2",
-    "data.batch_size=32", "model.expander=64-64", "data.num_workers=0", "trainer.enable_progress_bar=false",
-]
+TINY = ["experiment=smoke", f"trainer.limit_train_batches={STEPS}", "trainer.limit_val_batches=2"]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from vicreg_lightning.config import preset
 from vicreg_lightning.module import VICRegModule
 from vicreg_lightning.optim import scaled_lr, warmup_cosine
 
-MODEL = {"backbone": "resnet10", "small_stem": True, "zero_init_residual": True, "expander": "32-16"}
+MODEL = preset("model", "digits", "small_stem=true", "expander=32-16")
 OPTIM = {"name": "lars", "base_lr": 0.4, "weight_decay": 1e-6, "momentum": 0.9, "eta": 1e-3,
          "betas": [0.9, 0.999], "exclude_bias_and_norm": True, "warmup_epochs": 1.0,
          "end_lr_ratio": 0.001, "probe_lr": 0.5}

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "data.batch_size=32", "model.expander=64-64", "data.num_workers=0", "trainer.enable_progress_bar=false",
+TINY = ["experiment=smoke", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
         "callbacks.representation_health=null"]
 
 

@@ -1,14 +1,16 @@
-"""Every shipped config composes and passes the schema; every experiment preset trains (shrunk)."""
+"""Every shipped config composes against its schema and passes the checks; every experiment preset
+trains (shrunk)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from omegaconf import OmegaConf
 
 from tests.fake_data import write_cifar, write_image_folder, write_imagenet, write_stl10
 from tests.runs import CONF, compose_train, shrink
-from vicreg_lightning.config import check_config
+from vicreg_lightning.config import SECTIONS, check_config
 from vicreg_lightning.models import uses_small_stem
 from vicreg_lightning.train import run
 
@@ -23,10 +25,17 @@ FAKE_DATA = {
 }
 
 
-@pytest.mark.parametrize("group", ["data", "augment", "model", "optim", "trainer", "logger", "callbacks"])
+@pytest.mark.parametrize("group", ["data", "augment", "model", "loss", "optim", "paths", "trainer", "logger",
+                                   "callbacks"])
 def test_every_group_option_passes_the_schema(group):
-    for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
-        cfg = compose_train(f"{group}={option}", "paths.output_dir=/tmp/unused", "data.root=/tmp/unused")
+    """Each preset is composed against its group's schema (Hydra checks keys and types as it
+    composes), and the whole config then passes the checks."""
+    options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    assert options
+    for option in options:
+        cfg = compose_train("~experiment", f"{group}={option}", "paths.output_dir=/tmp/unused", "data.root=/tmp/unused")
+        if group in SECTIONS:
+            assert OmegaConf.get_type(cfg[group]) is SECTIONS[group][0], f"{group}={option} does not start from its schema"
         check_config(cfg)
 
 

@@ -15,8 +15,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from tests.default_run import ROOT, default_run, tiny_digits_run  # noqa: F401  (fixtures)
-from vicreg_lightning.config import AugmentConfig
+from tests.runs import ROOT
+from vicreg_lightning.config import preset
 from vicreg_lightning.data.datasets import TensorImages, build_datasets
 from vicreg_lightning.metrics.groups import frechet_distance
 from vicreg_lightning.metrics.invariance import invariance
@@ -34,7 +34,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def tiny_report(tiny_digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def tiny_report(tiny_digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The report of a 2-step checkpoint, written by the command line a user types."""
     out = tmp_path_factory.mktemp("tiny_report")
     # One OpenMP thread: the suite runs 2 xdist workers on 2 cores, and a second thread per process
@@ -49,6 +49,7 @@ def tiny_report(tiny_digits_run: Path, tmp_path_factory: pytest.TempPathFactory)
     return out
 
 
+@pytest.mark.xdist_group("tiny_report")  # the report is written once, on one worker
 def test_report_holds_every_figure_and_references_it(tiny_report: Path) -> None:
     markdown = (tiny_report / "report.md").read_text()
     page = (tiny_report / "report.html").read_text()
@@ -76,8 +77,9 @@ def _table_after(markdown: str, heading_start: str) -> list[dict[str, str]]:
     return rows
 
 
+@pytest.mark.xdist_group("tiny_report")
 def test_invariance_table_marks_the_families_of_the_training_recipe(
-    tiny_report: Path, tiny_digits_run: Path,  # noqa: F811
+    tiny_report: Path, tiny_digits_run: Path,
 ) -> None:
     augment = OmegaConf.load(tiny_digits_run / ".hydra" / "config.yaml").augment
     views = (augment.view_a, augment.view_b)
@@ -107,7 +109,7 @@ def _noise_images(count: int = 64, size: int = 16) -> TensorImages:
 
 
 def test_invariance_is_one_for_an_encoder_that_ignores_the_transform_and_zero_for_raw_pixels() -> None:
-    aug = OmegaConf.structured(AugmentConfig(size=16, val_resize=16))
+    aug = OmegaConf.create({**preset("augment", "official"), "size": 16, "val_resize": 16})
     # Global average pooling of the image: a flip moves pixels, not their mean.
     pooled = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
     # The raw pixels: a flipped noise image is as unrelated to its original as any other noise image.
@@ -190,7 +192,7 @@ def _bad_inputs(tmp_path: Path, checkpoint: Path) -> list[tuple[list[str], str]]
     ]
 
 
-def test_bad_input_gets_one_line_and_exit_code_2(tmp_path: Path, tiny_digits_run: Path, capsys) -> None:  # noqa: F811
+def test_bad_input_gets_one_line_and_exit_code_2(tmp_path: Path, tiny_digits_run: Path, capsys) -> None:
     for argv, expected in _bad_inputs(tmp_path, tiny_digits_run / "checkpoints" / "last.ckpt"):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
@@ -202,7 +204,7 @@ def test_bad_input_gets_one_line_and_exit_code_2(tmp_path: Path, tiny_digits_run
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("default_run")
-def test_pretraining_buys_invariance_to_the_augmentations_it_was_trained_with(default_run: Path) -> None:  # noqa: F811
+def test_pretraining_buys_invariance_to_the_augmentations_it_was_trained_with(default_run: Path) -> None:
     """The must-show: for each family in the digits recipe (crop, jitter, blur; no flip, grayscale or
     solarisation), the pretrained backbone's features are more invariant than those of a randomly
     initialised backbone of the same architecture, for every one of three initialisations."""

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from tests.runs import ROOT, TINY, train, weights
+from vicreg_lightning.config import preset
 
-# TINY without its data.num_workers=0: the digits preset's persistent loader worker stays on.
-TWO_EPOCHS = [*(o for o in TINY if not o.startswith("data.num_workers")), "trainer.max_epochs=2",
-              "trainer.log_every_n_steps=1"]
+# The smoke run with a persistent loader worker, as the digits preset has one.
+TWO_EPOCHS = [*TINY, "data.num_workers=1", "trainer.max_epochs=2", "trainer.log_every_n_steps=1"]
 SIGNAL_AT_STEP_6 = ["+callbacks.kill._target_=tests.helpers.SignalAtStep", "+callbacks.kill.step=6",
                     "+callbacks.kill.group=true"]
 
@@ -142,8 +142,7 @@ def test_a_checkpoint_of_another_optimiser_is_refused_before_training(tmp_path):
     from vicreg_lightning.resume import check_checkpoint
 
     def module(optim: str) -> VICRegModule:
-        return VICRegModule(model={"backbone": "resnet10", "expander": "32-16", "small_stem": True,
-                                   "zero_init_residual": True},
+        return VICRegModule(model=preset("model", "digits", "small_stem=true", "expander=32-16"),
                             loss={}, optim={"name": optim, "base_lr": 0.1}, num_classes=10, batch_size=8)
 
     lars = module("lars")
@@ -151,6 +150,21 @@ def test_a_checkpoint_of_another_optimiser_is_refused_before_training(tmp_path):
     check_checkpoint(tmp_path / "lars.ckpt", module("lars"), "lars.ckpt")
     with pytest.raises(ConfigError, match="written with optim.name='lars', this run uses 'adamw'; resume with optim=lars"):
         check_checkpoint(tmp_path / "lars.ckpt", module("adamw"), "lars.ckpt")
+
+
+def test_a_missing_or_other_model_checkpoint_is_refused_naming_it(tmp_path):
+    from vicreg_lightning.errors import ConfigError
+    from vicreg_lightning.module import VICRegModule
+    from vicreg_lightning.resume import check_checkpoint
+
+    module = VICRegModule(model=preset("model", "digits", "expander=32-16"), loss=preset("loss", "vicreg"),
+                          optim=preset("optim", "lars"), num_classes=10, batch_size=8)
+    with pytest.raises(ConfigError, match=r"^ckpt_path='/no/such.ckpt': no such file"):
+        check_checkpoint(Path("/no/such.ckpt"), module, "/no/such.ckpt")
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(64, 3, 3, 3)}}, tmp_path / "other.ckpt")
+    with pytest.raises(ConfigError, match=r"different model \(backbone.conv1.weight: \(64, 3, 3, 3\) saved, "
+                                          r"\(64, 3, 7, 7\) expected"):
+        check_checkpoint(tmp_path / "other.ckpt", module, "other.ckpt")
 
 
 def test_views_made_on_the_device_resume_exactly_from_a_mid_epoch_checkpoint(tmp_path):

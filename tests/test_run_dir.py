@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.default_run import tiny_digits_run  # noqa: F401
 from vicreg_lightning.errors import ConfigError
 from vicreg_lightning.patches import HistoryKeepingCSVLogger
 from vicreg_lightning.run_dir import claim
@@ -28,7 +27,7 @@ def train(*overrides: str) -> subprocess.CompletedProcess:
                           timeout=300, cwd=ROOT)
 
 
-def test_a_finished_run_stays_untouched_when_resumed_or_rerun(tiny_digits_run, tmp_path):  # noqa: F811
+def test_a_finished_run_stays_untouched_when_resumed_or_rerun(tiny_digits_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_digits_run, run_dir)
     before = snapshot(run_dir)

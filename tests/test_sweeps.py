@@ -23,6 +23,8 @@ FAST_LOGS = ["trainer.log_every_n_steps=1", "callbacks.representation_health.eve
 
 
 OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+# One worker for the module: its grid sweep (a module fixture) is then run once, not once per worker.
+pytestmark = pytest.mark.xdist_group("sweeps")
 
 
 def offline_runs(run_dir: Path) -> list[Path]:
@@ -103,7 +105,7 @@ def test_optuna_search_reports_the_best_coefficients_and_survives_a_diverged_tri
 def test_wandb_at_an_unreachable_server_warns_and_training_finishes(tmp_path):
     run_dir = tmp_path / "run"
     unreachable = {"WANDB_MODE": "online", "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
-    proc = train(*TINY, "logger=wandb", "logger.wandb.init_timeout=10", f"hydra.run.dir={run_dir}",
+    proc = train(*TINY, "logger=wandb", "logger.wandb.init_timeout=3", f"hydra.run.dir={run_dir}",
                  env=unreachable)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "W&B could not start" in proc.stderr

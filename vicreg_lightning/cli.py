@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from vicreg_lightning.errors import JobFailed, UserError
 from vicreg_lightning.run_dir import FAILURE_FILE, is_finished, is_first_process, save_job_config
@@ -37,13 +37,15 @@ def describe_error(error: BaseException) -> str | None:
         missing = error.missing_cfg_file or ""
         if "/" in missing and error.options:
             group, _, option = missing.rpartition("/")
-            return f"{group}={option}: no such option; choose one of: {', '.join(sorted(error.options))}"
+            # A group's schema (config.py registers <group>/schema) is what presets start from, not an option.
+            options = sorted(option for option in error.options if option != "schema")
+            return f"{group}={option}: no such option; choose one of: {', '.join(options)}"
         return str(error).splitlines()[0]
     if isinstance(error, (ConfigCompositionException, OverrideParseException)):
         cause = error.__cause__
         if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
             reason = str(cause).splitlines()[0]
-            if "not in struct" in reason:
+            if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
                 return f"unknown config key '{cause.full_key}' (check its spelling; add keys with +key=value)"
             return f"{cause.full_key}: {reason}"
         return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
@@ -149,9 +151,12 @@ def quiet_lightning_console() -> None:
 def _train_job(cfg: Any) -> float | None:
     with user_errors_exit(cfg):
         # Config and data are checked before torchvision and Lightning load: bad input fails fast.
-        from vicreg_lightning.config import check_config
+        from hydra.core.hydra_config import HydraConfig
+
+        from vicreg_lightning.config import check_config, check_recipe
         from vicreg_lightning.data.catalog import inspect_data
 
+        check_recipe(HydraConfig.get().runtime.choices)
         inspect_data(check_config(cfg).data)
         from vicreg_lightning.train import run
 

@@ -1,173 +1,255 @@
 """The config schema of ``train.py`` and its checks.
 
-Hydra composes ``conf/train.yaml``; :func:`check_config` then merges the result into the typed
-schema below (an unknown key or a wrong type fails, naming the key) and checks every value that
-could make a run fail later (naming the key and what it should be). It runs before any data is
-read or any model is built.
+The schema says what each key is (its type); the YAML under ``conf/`` is the only place a value is
+written, so no field here has a default (``MISSING``). :func:`register_schemas` gives Hydra's
+ConfigStore one structured config per group (``<group>/schema``): each preset of ``conf/`` starts
+from it (``defaults: [schema, ...]``), so Hydra checks every key and type as it composes, and a
+preset of the user's own (``--config-dir``) can do the same. :func:`check_config` then checks the
+whole composed config: the root keys, no value left out (``???``), and each section's values
+(:func:`check_sections`, also used by the tools that read a training run's data: eval, the report),
+naming the key and what it should be. It changes nothing, and runs before any data is read or any
+model is built.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
-from dataclasses import dataclass, field
-from typing import Any, Optional
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from vicreg_lightning.data.catalog import DATASETS
 from vicreg_lightning.errors import ConfigError
 from vicreg_lightning.loss import WEIGHTINGS
 from vicreg_lightning.models import parse_expander_spec, resnet_names
 from vicreg_lightning.optim import OPTIMIZERS
 
-DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "stl10", "imagenet", "imagefolder")
 # How the two views go through backbone and expander (vicreg_lightning.module.VICRegModule).
 VIEWS_FORWARD = ("auto", "separate", "concat")
 
 
 @dataclass
 class ViewConfig:
-    """What differs between the two views (official: blur 1.0/0.1, solarize 0.0/0.2)."""
+    """What differs between the two views."""
 
-    blur_prob: float = 1.0
-    solarize_prob: float = 0.0
+    blur_prob: float = MISSING
+    solarize_prob: float = MISSING
 
 
 @dataclass
 class AugmentConfig:
-    """Augmentations of both views; official values (BYOL's recipe, ``augmentations.py``)."""
+    """``conf/augment``: the augmentations of both views, and the validation transform."""
 
-    size: int = 224
-    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
-    hflip_prob: float = 0.5
-    jitter_prob: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.1
-    grayscale_prob: float = 0.2
-    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
-    blur_kernel_size: int = 23
-    solarize_threshold: int = 128
-    view_a: ViewConfig = field(default_factory=ViewConfig)
-    view_b: ViewConfig = field(default_factory=lambda: ViewConfig(blur_prob=0.1, solarize_prob=0.2))
-    # Validation images: resize the short side, then centre-crop to ``size``.
-    val_resize: int = 256
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    # Make both views on the training device from a batch of stored images (kornia), not in the
-    # loader workers; folder data sets first resize and centre-crop to device_source_size.
-    on_device: bool = False
-    device_source_size: Optional[int] = None
+    size: int = MISSING
+    crop_scale: list[float] = MISSING
+    crop_ratio: list[float] = MISSING
+    hflip_prob: float = MISSING
+    jitter_prob: float = MISSING
+    brightness: float = MISSING
+    contrast: float = MISSING
+    saturation: float = MISSING
+    hue: float = MISSING
+    grayscale_prob: float = MISSING
+    blur_sigma: list[float] = MISSING
+    blur_kernel_size: int = MISSING
+    solarize_threshold: int = MISSING
+    view_a: ViewConfig = MISSING
+    view_b: ViewConfig = MISSING
+    val_resize: int = MISSING
+    mean: list[float] = MISSING
+    std: list[float] = MISSING
+    on_device: bool = MISSING
+    device_source_size: Optional[int] = MISSING
 
 
 @dataclass
 class DataConfig:
-    name: str = "digits"
-    root: str = "data"
-    download: bool = False
-    batch_size: int = 256  # global: split over devices and nodes
-    num_workers: int = -1  # -1: chosen from the CPU count
-    pin_memory: bool = True
-    persistent_workers: bool = True
-    prefetch_factor: int = 2
-    val_fraction: float = 0.2  # digits, and folders without a val split
-    split_seed: int = 0
-    train_dir: str = "train"  # folder data sets: sub-folders of root
-    val_dir: str = "val"
-    bad_images: str = "error"  # folder data sets: files that cannot be images; error or skip
+    """``conf/data``: one data set of the registry (:data:`~vicreg_lightning.data.catalog.DATASETS`)."""
+
+    name: str = MISSING
+    root: str = MISSING
+    download: bool = MISSING
+    batch_size: int = MISSING
+    num_workers: int = MISSING
+    pin_memory: bool = MISSING
+    persistent_workers: bool = MISSING
+    prefetch_factor: int = MISSING
+    val_fraction: float = MISSING
+    split_seed: int = MISSING
+    train_dir: str = MISSING
+    val_dir: str = MISSING
+    bad_images: str = MISSING
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "resnet50"
-    small_stem: Optional[bool] = None  # None: chosen from augment.size (models.uses_small_stem)
-    zero_init_residual: bool = True
-    expander: str = "8192-8192-8192"
-    channels_last: Optional[bool] = None  # None: on when CUDA is available
-    compile: bool = False
-    views_forward: str = "auto"
+    """``conf/model``."""
+
+    backbone: str = MISSING
+    small_stem: Optional[bool] = MISSING
+    zero_init_residual: bool = MISSING
+    expander: str = MISSING
+    channels_last: Optional[bool] = MISSING
+    compile: bool = MISSING
+    views_forward: str = MISSING
 
 
 @dataclass
 class LossConfig:
-    sim_coeff: float = 25.0
-    std_coeff: float = 25.0
-    cov_coeff: float = 1.0
-    eps: float = 1e-4
-    weighting: str = "official"
-    gather_distributed: bool = True
+    """``conf/loss``."""
+
+    sim_coeff: float = MISSING
+    std_coeff: float = MISSING
+    cov_coeff: float = MISSING
+    eps: float = MISSING
+    weighting: str = MISSING
+    gather_distributed: bool = MISSING
 
 
 @dataclass
 class OptimConfig:
-    name: str = "lars"
-    base_lr: float = 0.2  # lr = base_lr * global batch / 256
-    weight_decay: float = 1e-6
-    momentum: float = 0.9
-    eta: float = 1e-3
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    exclude_bias_and_norm: bool = True
-    warmup_epochs: float = 10.0
-    end_lr_ratio: float = 0.001
-    probe_lr: float = 0.1
+    """``conf/optim``."""
+
+    name: str = MISSING
+    base_lr: float = MISSING
+    weight_decay: float = MISSING
+    momentum: float = MISSING
+    eta: float = MISSING
+    betas: list[float] = MISSING
+    exclude_bias_and_norm: bool = MISSING
+    warmup_epochs: float = MISSING
+    end_lr_ratio: float = MISSING
+    probe_lr: float = MISSING
 
 
 @dataclass
 class PathsConfig:
-    output_dir: str = "outputs"
-    data_dir: str = "data"
+    """``conf/paths``."""
+
+    output_dir: str = MISSING
+    data_dir: str = MISSING
 
 
 @dataclass
 class TrainConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: dict[str, Any] = field(default_factory=dict)
-    callbacks: Optional[dict[str, Any]] = field(default_factory=dict)
-    logger: Optional[dict[str, Any]] = field(default_factory=dict)
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    task_name: str = "train"
-    seed: Optional[int] = 0
-    ckpt_path: Optional[str] = None
-    optimized_metric: str = "val/probe_acc1"
+    """``conf/train.yaml``. ``trainer`` holds ``lightning.pytorch.Trainer`` arguments
+    (:func:`check_trainer_arguments`); ``callbacks`` and ``logger``, ``_target_`` entries."""
+
+    data: DataConfig = MISSING
+    augment: AugmentConfig = MISSING
+    model: ModelConfig = MISSING
+    loss: LossConfig = MISSING
+    optim: OptimConfig = MISSING
+    trainer: dict[str, Any] = MISSING
+    callbacks: Optional[dict[str, Any]] = MISSING
+    logger: Optional[dict[str, Any]] = MISSING
+    paths: PathsConfig = MISSING
+    task_name: str = MISSING
+    seed: Optional[int] = MISSING
+    ckpt_path: Optional[str] = MISSING
+    optimized_metric: str = MISSING
 
 
-def check_config(cfg: DictConfig) -> DictConfig:
-    """The composed config merged into the schema, or a :class:`ConfigError` naming the key."""
+def register_schemas() -> None:
+    """One structured config per group in Hydra's ConfigStore, as ``<group>/schema``."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for group, (schema, _) in SECTIONS.items():
+        store.store(group=group, name="schema", node=schema)
+
+
+def preset(group: str, option: str, *changes: str) -> dict[str, Any]:
+    """``conf/<group>/<option>.yaml`` as Hydra composes it (its defaults list followed, interpolations
+    resolved), with ``changes`` (``key=value`` within the group): a plain dict, for building parts
+    in Python (``VICRegModule(model=preset("model", "resnet18"), ...)``)."""
+    from hydra import compose, initialize_config_module
+
+    overrides = ["~experiment", f"{group}={option}", *(f"{group}.{change}" for change in changes),
+                 "paths.output_dir=unused"]
+    with initialize_config_module("vicreg_lightning.conf", version_base="1.3"):
+        return OmegaConf.to_container(compose("train", overrides=overrides)[group], resolve=True)
+
+
+def merge_into(schema: type, cfg: Any, prefix: str = "") -> DictConfig:
+    """``cfg`` merged into ``schema``: an unknown key or a wrong type is a :class:`ConfigError`
+    naming the key; so is a key left without a value (``???``)."""
+    if OmegaConf.is_config(cfg):
+        # As plain values: a node typed as Hydra composed it would take keys added with +key=value.
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg))
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
+        typed = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     except ConfigKeyError as e:
-        raise ConfigError(f"unknown config key '{e.full_key}'{_valid_keys_hint(e.full_key)}") from None
+        key = _full_key(prefix, e.full_key)
+        raise ConfigError(f"unknown config key '{key}'{_valid_keys_hint(schema, e.full_key, prefix)}") from None
     except ValidationError as e:
-        raise ConfigError(f"{e.full_key}: {e.msg.splitlines()[0]}") from None
+        raise ConfigError(f"{_full_key(prefix, e.full_key)}: {e.msg.splitlines()[0]}") from None
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{getattr(e, 'full_key', '') or 'config'}: {str(e).splitlines()[0]}") from None
-    _check_values(typed)
+        key = _full_key(prefix, getattr(e, "full_key", "") or "") or "config"
+        raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
+    missing = sorted(OmegaConf.missing_keys(typed))
+    if missing:
+        key = _full_key(prefix, missing[0])
+        raise ConfigError(f"{key}: no value (???); set {key}=<value>, or choose a preset that sets it")
     return typed
 
 
-def check_data_sections(data: Any, augment: Any) -> tuple[DictConfig, DictConfig]:
-    """A ``data`` and an ``augment`` section checked as ``train.py`` checks them (for the tools that
-    read a training run's data: eval.py, the report). The other sections of the training schema take
-    their defaults, with a one-epoch schedule that they fit in."""
-    sections = {"data": data, "augment": augment, "trainer": {"max_epochs": 1}, "optim": {"warmup_epochs": 0}}
-    checked = check_config(OmegaConf.create(sections))
-    return checked.data, checked.augment
+def _full_key(prefix: str, key: str) -> str:
+    return ".".join(part for part in (prefix, key) if part)
 
 
-def _valid_keys_hint(full_key: str) -> str:
+def _valid_keys_hint(schema: type, full_key: str, prefix: str) -> str:
     section, _, _ = full_key.rpartition(".")
-    schema = OmegaConf.structured(TrainConfig)
-    node = OmegaConf.select(schema, section) if section else schema
-    if isinstance(node, DictConfig) and len(node):
-        return f"; valid keys in '{section or '<root>'}': {', '.join(node.keys())}"
+    node: Any = schema
+    for part in section.split(".") if section else []:
+        node = typing.get_type_hints(node).get(part) if dataclasses.is_dataclass(node) else None
+    if dataclasses.is_dataclass(node):
+        keys = ", ".join(f.name for f in dataclasses.fields(node))
+        return f"; valid keys in '{_full_key(prefix, section) or '<root>'}': {keys}"
     return ""
+
+
+def check_config(cfg: DictConfig) -> DictConfig:
+    """The composed config merged into :class:`TrainConfig` and checked, or a :class:`ConfigError`
+    naming the key."""
+    typed = merge_into(TrainConfig, cfg)
+    for name, (_, check) in SECTIONS.items():
+        check(typed[name])
+    _check_schedule(typed.optim, typed.trainer)
+    # What numpy, Python and torch accept as a seed alike (Lightning replaces any other by 0).
+    require_value(typed.seed is None or 0 <= typed.seed <= 2**32 - 1, "seed", typed.seed,
+                  "null or an integer in [0, 2**32 - 1]")
+    return typed
+
+
+def check_recipe(choices: dict[str, Any]) -> None:
+    """The default recipe, ``experiment=digits``, is sized for the digits: with another data set
+    (``data=cifar10`` alone) it would train ResNet-10 for 20 epochs at the digits' lr without a
+    word. ``choices``: Hydra's group choices (``hydra.runtime.choices``)."""
+    data = choices.get("data")
+    if choices.get("experiment") == "digits" and data != "digits":
+        raise ConfigError(
+            f"data={data} under experiment=digits (the default recipe, sized for the digits); choose a recipe "
+            f"for it (experiment=cifar10_resnet18, experiment=imagenet_resnet50), or drop the default one with "
+            f"'~experiment' and take the groups' own presets (model, optim, trainer)"
+        )
+
+
+def check_sections(**sections: Any) -> tuple[DictConfig, ...]:
+    """Each ``<group>=<section>`` merged into its group's schema and its values checked, as
+    ``train.py`` checks them (for the tools that read a training run's ``data`` and ``augment``)."""
+    checked = []
+    for name, section in sections.items():
+        schema, check = SECTIONS[name]
+        typed = merge_into(schema, section, prefix=name)
+        check(typed)
+        checked.append(typed)
+    return tuple(checked)
 
 
 def require_value(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -192,8 +274,7 @@ def _check_positive(key: str, value: float, what: str, allow_zero: bool = False)
     require_value(ok, key, value, f"a finite {what} {'>=' if allow_zero else '>'} 0")
 
 
-def _check_values(cfg: DictConfig) -> None:
-    data, augment, model, loss, optim = cfg.data, cfg.augment, cfg.model, cfg.loss, cfg.optim
+def _check_data(data: DictConfig) -> None:
     require_value(data.name in DATASETS, "data.name", data.name, f"one of {', '.join(DATASETS)}")
     require_value(
         data.batch_size >= 2, "data.batch_size", data.batch_size,
@@ -204,8 +285,11 @@ def _check_values(cfg: DictConfig) -> None:
     require_value(0.0 < data.val_fraction < 1.0, "data.val_fraction", data.val_fraction, "a fraction in (0, 1)")
     require_value(data.bad_images in ("error", "skip"), "data.bad_images", data.bad_images, "error or skip")
 
+
+def _check_augment(augment: DictConfig) -> None:
     require_value(augment.size >= 1, "augment.size", augment.size, "a crop size in pixels >= 1")
-    require_value(augment.val_resize >= augment.size, "augment.val_resize", augment.val_resize, f"an integer >= augment.size ({augment.size})")
+    require_value(augment.val_resize >= augment.size, "augment.val_resize", augment.val_resize,
+                  f"an integer >= augment.size ({augment.size})")
     _check_interval("augment.crop_scale", augment.crop_scale, 1e-6, 1.0)
     _check_interval("augment.crop_ratio", augment.crop_ratio, 1e-6, float("inf"))
     _check_interval("augment.blur_sigma", augment.blur_sigma, 1e-6, float("inf"))
@@ -219,35 +303,49 @@ def _check_values(cfg: DictConfig) -> None:
     for key in ("brightness", "contrast", "saturation"):
         require_value(augment[key] >= 0, f"augment.{key}", augment[key], "a jitter strength >= 0")
     require_value(0.0 <= augment.hue <= 0.5, "augment.hue", augment.hue, "a hue jitter in [0, 0.5]")
-    require_value(0 <= augment.solarize_threshold <= 256, "augment.solarize_threshold", augment.solarize_threshold, "an integer in [0, 256]")
+    require_value(0 <= augment.solarize_threshold <= 256, "augment.solarize_threshold", augment.solarize_threshold,
+                  "an integer in [0, 256]")
     require_value(len(augment.mean) == 3 and len(augment.std) == 3 and all(s > 0 for s in augment.std),
-             "augment.std", list(augment.std), "3 positive per-channel values (with 3 in augment.mean)")
+                  "augment.std", list(augment.std), "3 positive per-channel values (with 3 in augment.mean)")
+    require_value(augment.device_source_size is None or augment.device_source_size >= augment.size,
+                  "augment.device_source_size", augment.device_source_size,
+                  f"null or an integer >= augment.size ({augment.size})")
 
+
+def _check_model(model: DictConfig) -> None:
     names = resnet_names()
     require_value(model.backbone in names, "model.backbone", model.backbone, f"a torchvision ResNet: {', '.join(names)}")
     parse_expander_spec(model.expander)
     require_value(model.views_forward in VIEWS_FORWARD, "model.views_forward", model.views_forward,
                   f"one of {', '.join(VIEWS_FORWARD)}")
-    require_value(augment.device_source_size is None or augment.device_source_size >= augment.size,
-                  "augment.device_source_size", augment.device_source_size,
-                  f"null or an integer >= augment.size ({augment.size})")
 
+
+def _check_loss(loss: DictConfig) -> None:
     for key in ("sim_coeff", "std_coeff", "cov_coeff"):
         _check_positive(f"loss.{key}", loss[key], "coefficient", allow_zero=True)
     require_value(loss.sim_coeff + loss.std_coeff + loss.cov_coeff > 0, "loss.sim_coeff", loss.sim_coeff,
-             "at least one of loss.sim_coeff/std_coeff/cov_coeff > 0")
+                  "at least one of loss.sim_coeff/std_coeff/cov_coeff > 0")
     _check_positive("loss.eps", loss.eps, "number")
     require_value(loss.weighting in WEIGHTINGS, "loss.weighting", loss.weighting, f"one of {', '.join(WEIGHTINGS)}")
 
+
+def _check_optim(optim: DictConfig) -> None:
     require_value(optim.name in OPTIMIZERS, "optim.name", optim.name, f"one of {', '.join(OPTIMIZERS)}")
     _check_positive("optim.base_lr", optim.base_lr, "learning rate")
     _check_positive("optim.probe_lr", optim.probe_lr, "learning rate")
     _check_positive("optim.weight_decay", optim.weight_decay, "number", allow_zero=True)
     require_value(0 <= optim.momentum < 1, "optim.momentum", optim.momentum, "a number in [0, 1)")
     require_value(optim.warmup_epochs >= 0, "optim.warmup_epochs", optim.warmup_epochs, "a number of epochs >= 0")
-    require_value(0 <= optim.end_lr_ratio <= 1, "optim.end_lr_ratio", optim.end_lr_ratio, "a fraction of the peak lr in [0, 1]")
+    require_value(0 <= optim.end_lr_ratio <= 1, "optim.end_lr_ratio", optim.end_lr_ratio,
+                  "a fraction of the peak lr in [0, 1]")
 
-    max_epochs = cfg.trainer.get("max_epochs")
+
+def _check_paths(paths: DictConfig) -> None:
+    """Nothing beyond the schema: any path will do until it is used."""
+
+
+def _check_schedule(optim: DictConfig, trainer: DictConfig) -> None:
+    max_epochs = trainer.get("max_epochs")
     require_value(
         isinstance(max_epochs, int) and not isinstance(max_epochs, bool) and max_epochs >= 1,
         "trainer.max_epochs", max_epochs, "an integer >= 1",
@@ -255,8 +353,17 @@ def _check_values(cfg: DictConfig) -> None:
     # Longer than the run, the warmup would end the run before the lr reaches its peak.
     require_value(optim.warmup_epochs <= max_epochs, "optim.warmup_epochs", optim.warmup_epochs,
                   f"at most trainer.max_epochs ({max_epochs}) epochs; lower it for a short run")
-    # What numpy, Python and torch accept as a seed alike (Lightning replaces any other by 0).
-    require_value(cfg.seed is None or 0 <= cfg.seed <= 2**32 - 1, "seed", cfg.seed, "null or an integer in [0, 2**32 - 1]")
+
+
+# Each group's schema and the check of its values.
+SECTIONS: dict[str, tuple[type, Callable[[DictConfig], None]]] = {
+    "data": (DataConfig, _check_data),
+    "augment": (AugmentConfig, _check_augment),
+    "model": (ModelConfig, _check_model),
+    "loss": (LossConfig, _check_loss),
+    "optim": (OptimConfig, _check_optim),
+    "paths": (PathsConfig, _check_paths),
+}
 
 
 def check_trainer_arguments(trainer: DictConfig) -> None:
@@ -278,3 +385,7 @@ def instantiate_entry(spec: Any, where: str) -> Any:
         return instantiate(spec)
     except Exception as e:  # noqa: BLE001 - any constructor error is a config error here
         raise ConfigError(f"{where}: cannot instantiate {spec.get('_target_')}: {e}") from None
+
+
+# On import, as Hydra registers structured configs: the presets of conf/ start from these.
+register_schemas()

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ import vicreg_lightning
 from vicreg_lightning.cli import user_errors_exit
 from vicreg_lightning.errors import UserError
 from vicreg_lightning.models import build_backbone, build_expander, parse_expander_spec, weight_mismatches
-from vicreg_lightning.run_dir import METRICS_FILE
+from vicreg_lightning.run_dir import CHECKPOINT_DIR, METRICS_FILE, read_torch_file, run_dir_of
 
 BACKBONE_FILE = "backbone.pt"
 EXPANDER_FILE = "expander.pt"
@@ -55,7 +54,7 @@ SIDECAR_FILE = "vicreg.json"
 FORMAT = "vicreg-lightning-encoder"
 FORMAT_VERSION = 1
 # Where a run directory keeps the checkpoint that ``weights=<run dir>`` means.
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+LAST_CHECKPOINT = Path(CHECKPOINT_DIR) / "last.ckpt"
 
 
 def load_encoder(path: str | Path, arch: str | None = None) -> tuple[nn.Module, nn.Module | None, dict[str, Any]]:
@@ -113,7 +112,7 @@ def _describe_checkpoint(checkpoint: Mapping[str, Any], path: Path) -> dict[str,
     checkpoint was moved away from ``.hydra/config.yaml`` and ``metrics.json``)."""
     hparams = checkpoint["hyper_parameters"]
     model = hparams["model"]
-    run_dir = _run_dir(path)
+    run_dir = run_dir_of(path)
     run_cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml") if run_dir else None
     metrics_file = run_dir / METRICS_FILE if run_dir else None
     return {
@@ -167,31 +166,13 @@ def _code_version() -> dict[str, Any]:
     return version
 
 
-def _run_dir(checkpoint_path: Path) -> Path | None:
-    # checkpoints/*.ckpt, or Lightning's SLURM hpc_ckpt_*.ckpt in the run directory itself.
-    for folder in (checkpoint_path.parent.parent, checkpoint_path.parent):
-        if (folder / ".hydra" / "config.yaml").is_file():
-            return folder
-    return None
-
-
 def _resolved(cfg: Any, key: str) -> Any:
     node = OmegaConf.select(cfg, key) if cfg is not None else None
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def _read(path: Path) -> Any:
-    """``torch.load`` of a file torch.save wrote, or one line saying why not."""
-    if not path.is_file():
-        raise UserError(f"{str(path)!r}: no such file or folder")
-    # torch.save writes a zip archive: anything else is truncated or not a torch file at all.
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"{str(path)!r}: not a readable PyTorch file (corrupt or truncated)")
-    try:
-        # mmap: a checkpoint's optimiser state (twice the weights under LARS) is never read.
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001 - any failure to read it is the same answer for the user
-        raise UserError(f"{str(path)!r}: not readable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return read_torch_file(path, repr(str(path)))
 
 
 def _load_checkpoint(path: Path) -> tuple[nn.Module, nn.Module, dict[str, Any]]:

@@ -67,13 +67,13 @@ class VICRegModule(pl.LightningModule):
             model["backbone"], small_stem=model["small_stem"], zero_init_residual=model["zero_init_residual"]
         )
         self.expander = build_expander(self.feature_dim, model["expander"])
-        self.views_forward = resolve_views_forward(model.get("views_forward", "auto"), self.backbone, self.expander)
+        self.views_forward = resolve_views_forward(model["views_forward"], self.backbone, self.expander)
         # Decided here, before Lightning moves the model and wraps it (DDP): .to(device) keeps it.
-        channels_last = model.get("channels_last")
+        channels_last = model["channels_last"]
         self.channels_last = torch.cuda.is_available() if channels_last is None else bool(channels_last)
         if self.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
-        if model.get("compile"):
+        if model["compile"]:
             # In place, so that the parameter names (checkpoints, exports) stay those of the backbone.
             self.backbone.compile()
         self.criterion = VICRegLoss(**loss)

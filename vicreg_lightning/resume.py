@@ -10,7 +10,6 @@ checkpoint taken when a run is stopped: :mod:`vicreg_lightning.callbacks.preempt
 from __future__ import annotations
 
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,8 @@ import torch
 import torch.distributed as dist
 
 from vicreg_lightning.errors import ConfigError
-from vicreg_lightning.run_dir import HPC_CHECKPOINT_GLOB
 from vicreg_lightning.models import weight_mismatches
+from vicreg_lightning.run_dir import HPC_CHECKPOINT_GLOB, read_torch_file
 
 LAST_CHECKPOINT = "last"
 
@@ -42,14 +41,9 @@ def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> Path | None:
 def check_checkpoint(path: Path, module: torch.nn.Module, ckpt_path: str) -> None:
     """Fail with one line, before training, when ``path`` is missing, corrupt, or written for a
     different model (names or shapes of the weights differ)."""
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path!r}: no such file; pass a checkpoint from <run dir>/checkpoints/")
-    # torch.save writes a zip archive: anything else is truncated or not a checkpoint at all.
-    if not zipfile.is_zipfile(path):
-        raise ConfigError(f"ckpt_path={ckpt_path!r}: not a readable PyTorch checkpoint (corrupt or truncated)")
+    checkpoint = read_torch_file(path, f"ckpt_path={ckpt_path!r}", ConfigError,
+                                 hint="; pass a checkpoint from <run dir>/checkpoints/")
     try:
-        # weights_only, as Lightning loads it: what this accepts, the resume accepts.
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         mismatches = weight_mismatches(module.state_dict(), checkpoint["state_dict"])
     except Exception as e:  # noqa: BLE001 - any failure to read it is the same answer for the user
         raise ConfigError(f"ckpt_path={ckpt_path!r}: not a readable vicreg-lightning checkpoint ({e})") from None

@@ -9,20 +9,21 @@ refused because the directory holds a finished run would still replace the finis
 So ``conf/hydra/default.yaml`` sets ``hydra.output_subdir: null`` and the job writes ``.hydra/``
 itself (:func:`save_job_config`) once :func:`claim` has allowed it.
 
-This module imports no torch or Lightning.
+This module imports no torch or Lightning (:func:`read_torch_file` imports torch when called).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from omegaconf import OmegaConf
 
-from vicreg_lightning.errors import ConfigError
+from vicreg_lightning.errors import ConfigError, UserError
 
 METRICS_FILE = "metrics.json"
 FAILURE_FILE = "failure.json"
@@ -30,6 +31,34 @@ CONFIG_DIR = ".hydra"
 CHECKPOINT_DIR = "checkpoints"
 # Lightning's SLURM auto-requeue writes these into the run directory on the requeue signal.
 HPC_CHECKPOINT_GLOB = "hpc_ckpt_*.ckpt"
+
+
+def run_dir_of(checkpoint: Path) -> Path | None:
+    """The run directory a checkpoint file belongs to (``<run dir>/checkpoints/*.ckpt``, or
+    Lightning's SLURM ``hpc_ckpt_*.ckpt`` in the run directory itself); None when the file was
+    moved away from its ``.hydra/config.yaml``."""
+    for folder in (checkpoint.parent.parent, checkpoint.parent):
+        if (folder / CONFIG_DIR / "config.yaml").is_file():
+            return folder
+    return None
+
+
+def read_torch_file(path: Path, shown: str, error: type[UserError] = UserError, hint: str = "") -> Any:
+    """``torch.load`` of a file ``torch.save`` wrote (a checkpoint, an exported state dict): weights
+    only, as Lightning loads checkpoints, and memory-mapped, so that a checkpoint's optimiser state
+    (twice the weights under LARS) is never read. A missing, truncated or unreadable file is an
+    ``error`` naming it as ``shown``, ``hint`` added where it is missing."""
+    import torch
+
+    if not path.is_file():
+        raise error(f"{shown}: no such file or folder{hint}")
+    # torch.save writes a zip archive: anything else is truncated or not a torch file at all.
+    if not zipfile.is_zipfile(path):
+        raise error(f"{shown}: not a readable PyTorch file (corrupt or truncated)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - any failure to read it is the same answer for the user
+        raise error(f"{shown}: not readable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
 
 def is_finished(output_dir: Path) -> bool:

@@ -1,5 +1,8 @@
-"""What each data set is — classes, on-disk folders — and a quick look that it is there.
+"""The data-set registry: what each data set is (classes, on-disk folders, the function that
+builds it) and a quick look that it is there.
 
+A new data set is one entry of :data:`DATASETS` (and its builder in
+:mod:`vicreg_lightning.data.datasets`) plus one preset, ``conf/data/<name>.yaml``.
 No torchvision import here (it takes seconds): the command line checks the data before anything
 heavy loads. tests/test_data.py checks these facts against torchvision's classes.
 """
@@ -7,15 +10,33 @@ heavy loads. tests/test_data.py checks these facts against torchvision's classes
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from vicreg_lightning.errors import DataError
 
 UNLABELED = -1  # label of unlabelled samples (STL-10's unlabeled split); the probe ignores them
-NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "stl10": 10, "imagenet": 1000}
-# The folder torchvision's class extracts its archive into (its ``base_folder``).
-TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary"}
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """One data set ``data.name`` can name."""
+
+    builder: str  # the function of vicreg_lightning.data.datasets that builds it from the data section
+    num_classes: Optional[int]  # None: one class per sub-folder of data.train_dir
+    archive_folder: Optional[str] = None  # the folder torchvision extracts its archive into (base_folder)
+    required_folders: tuple[str, ...] = ()  # sub-folders of data.root that must exist
+
+
+DATASETS: dict[str, DatasetEntry] = {
+    "digits": DatasetEntry("digits", 10),
+    "cifar10": DatasetEntry("cifar", 10, archive_folder="cifar-10-batches-py"),
+    "cifar100": DatasetEntry("cifar", 100, archive_folder="cifar-100-python"),
+    "stl10": DatasetEntry("stl10", 10, archive_folder="stl10_binary"),
+    "imagenet": DatasetEntry("imagenet", 1000, required_folders=("train",)),
+    "imagefolder": DatasetEntry("folder_with_split", None),
+}
 # torchvision.datasets.folder.IMG_EXTENSIONS: the files an ImageFolder reads.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -40,13 +61,13 @@ def split_folder(root: str, split_dir: str) -> Path:
 def inspect_data(data: Any) -> int:
     """The number of classes of a ``data`` config's set, after a quick look that it is there
     (the folder exists and holds an image, or it will be downloaded). Reads no image."""
-    if data.name in TORCHVISION_FOLDERS and not data.download:
-        if not (Path(data.root) / TORCHVISION_FOLDERS[data.name]).is_dir():
-            raise DataError(not_found(data.name, data.root, f"no folder {TORCHVISION_FOLDERS[data.name]}/"))
-    if data.name == "imagenet":
-        split_folder(data.root, "train")
-    if data.name in NUM_CLASSES:
-        return NUM_CLASSES[data.name]
+    entry = DATASETS[data.name]
+    if entry.archive_folder and not data.download and not (Path(data.root) / entry.archive_folder).is_dir():
+        raise DataError(not_found(data.name, data.root, f"no folder {entry.archive_folder}/"))
+    for folder in entry.required_folders:
+        split_folder(data.root, folder)
+    if entry.num_classes is not None:
+        return entry.num_classes
 
     folder = split_folder(data.root, data.train_dir)
     classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())

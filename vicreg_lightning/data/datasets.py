@@ -22,7 +22,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vicreg_lightning.data.catalog import not_found, split_folder
+from vicreg_lightning.data.catalog import DATASETS, not_found, split_folder
 from vicreg_lightning.data.files import check_folder_walk, describe_bad_images, find_bad_images
 from vicreg_lightning.errors import DataError
 
@@ -94,7 +94,7 @@ def _from_hwc(array: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
 
 
-def digits(val_fraction: float, split_seed: int) -> tuple[Dataset, Dataset, int]:
+def digits(data: Any) -> tuple[Dataset, Dataset, int]:
     """scikit-learn's handwritten digits (1,797 8×8 images, 10 classes), seeded stratified split.
 
     The 17 grey levels (0..16) are scaled to 0..255 and repeated over three channels so that the
@@ -109,7 +109,7 @@ def digits(val_fraction: float, split_seed: int) -> tuple[Dataset, Dataset, int]
     images = images[:, None].expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
     labels = torch.from_numpy(bunch.target)
     train_idx, val_idx = train_test_split(
-        np.arange(len(labels)), test_size=val_fraction, random_state=split_seed, stratify=bunch.target
+        np.arange(len(labels)), test_size=data.val_fraction, random_state=data.split_seed, stratify=bunch.target
     )
     train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
     return (
@@ -131,10 +131,11 @@ def _torchvision_set(cls: type, name: str, root: str, download: bool, **kwargs: 
         ) from None
 
 
-def cifar(name: str, root: str, download: bool) -> tuple[Dataset, Dataset, int]:
-    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-    train = _torchvision_set(cls, name, root, download, train=True)
-    val = _torchvision_set(cls, name, root, download, train=False)
+def cifar(data: Any) -> tuple[Dataset, Dataset, int]:
+    """CIFAR-10 or CIFAR-100 (``data.name``)."""
+    cls = torchvision.datasets.CIFAR10 if data.name == "cifar10" else torchvision.datasets.CIFAR100
+    train = _torchvision_set(cls, data.name, data.root, data.download, train=True)
+    val = _torchvision_set(cls, data.name, data.root, data.download, train=False)
     return (
         TensorImages(_from_hwc(train.data), torch.tensor(train.targets)),
         TensorImages(_from_hwc(val.data), torch.tensor(val.targets)),
@@ -142,11 +143,11 @@ def cifar(name: str, root: str, download: bool) -> tuple[Dataset, Dataset, int]:
     )
 
 
-def stl10(root: str, download: bool) -> tuple[Dataset, Dataset, int]:
+def stl10(data: Any) -> tuple[Dataset, Dataset, int]:
     """Pretrain on unlabeled + train (105,000 images), validate on test."""
     cls = torchvision.datasets.STL10
-    train = _torchvision_set(cls, "stl10", root, download, split="train+unlabeled")
-    val = _torchvision_set(cls, "stl10", root, download, split="test")
+    train = _torchvision_set(cls, "stl10", data.root, data.download, split="train+unlabeled")
+    val = _torchvision_set(cls, "stl10", data.root, data.download, split="test")
     return (
         TensorImages(torch.from_numpy(train.data), torch.from_numpy(train.labels)),
         TensorImages(torch.from_numpy(val.data), torch.from_numpy(val.labels)),
@@ -183,9 +184,10 @@ def without_bad_images(dataset: torchvision.datasets.ImageFolder, bad_images: st
     return dataset
 
 
-def imagenet(root: str, bad_images: str) -> tuple[Dataset, Dataset, int]:
+def imagenet(data: Any) -> tuple[Dataset, Dataset, int]:
     """ILSVRC-2012 in torchvision's layout (``train/``, ``val/`` and the devkit or ``meta.bin``).
     ImageNet cannot be downloaded automatically; torchvision prepares it from the archives."""
+    root, bad_images = data.root, data.bad_images
     try:
         train = torchvision.datasets.ImageNet(root, split="train", loader=read_rgb)
         val = torchvision.datasets.ImageNet(root, split="val", loader=read_rgb)
@@ -197,9 +199,9 @@ def imagenet(root: str, bad_images: str) -> tuple[Dataset, Dataset, int]:
     return without_bad_images(train, bad_images), without_bad_images(val, bad_images), len(train.classes)
 
 
-def folder_with_split(root: str, train_dir: str, val_dir: str, val_fraction: float, split_seed: int,
-                      bad_images: str) -> tuple[Dataset, Dataset, int]:
+def folder_with_split(data: Any) -> tuple[Dataset, Dataset, int]:
     """Any ImageFolder; without a ``val_dir`` folder, a seeded stratified split of ``train_dir``."""
+    root, train_dir, val_dir, bad_images = data.root, data.train_dir, data.val_dir, data.bad_images
     has_val = (Path(root) / val_dir).is_dir()
     train = image_folder(root, train_dir, bad_images, other_splits=[val_dir] if has_val else [])
     if has_val:
@@ -214,22 +216,14 @@ def folder_with_split(root: str, train_dir: str, val_dir: str, val_fraction: flo
     from torch.utils.data import Subset
 
     train_idx, val_idx = train_test_split(
-        np.arange(len(train)), test_size=val_fraction, random_state=split_seed, stratify=train.targets
+        np.arange(len(train)), test_size=data.val_fraction, random_state=data.split_seed, stratify=train.targets
     )
     return Subset(train, train_idx.tolist()), Subset(train, val_idx.tolist()), len(train.classes)
 
 
 def build_datasets(data: Any) -> tuple[Dataset, Dataset, int]:
-    """``(train, val, num_classes)`` for a ``data`` config section; raises :class:`DataError`."""
-    if data.name == "digits":
-        return digits(data.val_fraction, data.split_seed)
-    if data.name in ("cifar10", "cifar100"):
-        return cifar(data.name, data.root, data.download)
-    if data.name == "stl10":
-        return stl10(data.root, data.download)
-    if data.name == "imagenet":
-        return imagenet(data.root, data.bad_images)
-    if data.name == "imagefolder":
-        return folder_with_split(data.root, data.train_dir, data.val_dir, data.val_fraction, data.split_seed,
-                                 data.bad_images)
-    raise DataError(f"data.name={data.name!r}: unknown data set")
+    """``(train, val, num_classes)`` for a ``data`` config section (its entry of the registry,
+    :data:`~vicreg_lightning.data.catalog.DATASETS`); raises :class:`DataError`."""
+    if data.name not in DATASETS:
+        raise DataError(f"data.name={data.name!r}: unknown data set; one of {', '.join(DATASETS)}")
+    return globals()[DATASETS[data.name].builder](data)

@@ -27,8 +27,8 @@ the mild crops and no flips the digits were trained with. Validation images get 
 from vicreg_lightning.evaluate.config import (
     EvalConfig,
     KNNEvalConfig,
+    PROTOCOLS,
     LinearEvalConfig,
-    ProtocolsConfig,
     SemiSupervisedConfig,
     SemiSupervisedSplit,
     check_eval_config,
@@ -47,7 +47,7 @@ from vicreg_lightning.evaluate.protocols import (
 from vicreg_lightning.evaluate.run import pick_device, run
 
 __all__ = [
-    "EvalConfig", "KNNEvalConfig", "LinearEvalConfig", "ProtocolsConfig", "SemiSupervisedConfig", "SemiSupervisedSplit",
+    "EvalConfig", "KNNEvalConfig", "LinearEvalConfig", "PROTOCOLS", "SemiSupervisedConfig", "SemiSupervisedSplit",
     "check_eval_config", "class_balanced_subset", "feature_batches", "frozen_backbone_batches", "knn_eval",
     "labelled_part", "labels_of", "linear_eval", "one_cpu_thread", "pick_device", "resolve_data", "run",
     "semi_supervised_eval", "topk_accuracy", "train_transform",

@@ -55,7 +55,8 @@ from vicreg_lightning.report.invariance import (
     training_recipe,
 )
 from vicreg_lightning.report.probes import KNN_K, KNN_TEMPERATURE, TSNE_MAX_POINTS, linear_probe, two_d_map
-from vicreg_lightning.report.sections import FIGURES, ReportOptions, write_report
+from vicreg_lightning.report.config import ReportOptions, report_options
+from vicreg_lightning.report.sections import FIGURES, write_report
 from vicreg_lightning.report.source import (
     SPACES,
     LoadedEncoder,
@@ -73,7 +74,7 @@ __all__ = [
     "CORRELATION_BLOCK", "FAMILIES", "FIGURES", "KNN_K", "KNN_TEMPERATURE", "SPACES",
     "STD_THRESHOLD", "TSNE_MAX_POINTS", "Document", "Encoder", "FamilyInvariance", "GroupStats",
     "LoadedEncoder", "RecipeEntry", "ReportOptions", "capped", "default_out", "extract",
-    "group_stability", "linear_probe", "load_for_report", "main", "measure_invariance",
+    "group_stability", "linear_probe", "load_for_report", "main", "measure_invariance", "report_options",
     "single_family_view", "training_recipe", "two_d_map", "untrained_twin", "write_report",
 ]
 

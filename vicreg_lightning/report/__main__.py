@@ -9,7 +9,8 @@ from pathlib import Path
 
 import vicreg_lightning.report as package
 from vicreg_lightning.cli import user_errors_exit
-from vicreg_lightning.report.sections import FIGURES, ReportOptions, write_report
+from vicreg_lightning.report.config import MAP_METHODS, report_defaults, report_options
+from vicreg_lightning.report.sections import FIGURES, write_report
 from vicreg_lightning.report.source import default_out, load_for_report
 
 
@@ -22,30 +23,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: <run dir>/report)")
     parser.add_argument("--data", default=None, help="evaluate on this data set (data.name; default: the run's)")
     parser.add_argument("--data-root", default=None, help="its data.root (default: the run's)")
-    parser.add_argument("--domain", default=None, help="a second data set, one more group in the stability section")
-    parser.add_argument("--domain-root", default=None, help="its data.root (default: that of --data)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--num-workers", type=int, default=None, help="loader workers (default: the run's)")
-    parser.add_argument("--max-samples", type=int, default=10000, help="images per split, at most (seeded draw)")
-    parser.add_argument("--invariance-samples", type=int, default=512, help="validation images for invariance")
-    parser.add_argument("--map", dest="map_method", choices=("auto", "tsne", "pca"), default="auto")
+    # The options of conf/report.yaml (its comments say what each does), defaults from there.
+    parser.add_argument("--domain", dest="domain_name", help="a second data set, one more group in the stability section")
+    parser.add_argument("--domain-root", help="its data.root (default: that of --data)")
+    parser.add_argument("--device", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, ... (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--num-workers", type=int, help="loader workers (default: the run's)")
+    parser.add_argument("--max-samples", type=int, help="images per split, at most (default: %(default)s)")
+    parser.add_argument("--invariance-samples", type=int, help="validation images for invariance (default: %(default)s)")
+    parser.add_argument("--map", dest="map_method", choices=MAP_METHODS, help="(default: %(default)s)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="skip the untrained encoder's invariance")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    for name in ("batch_size", "max_samples", "invariance_samples"):
-        if getattr(args, name) < 2:
-            parser.error(f"--{name.replace('_', '-')} must be at least 2")
-    options = ReportOptions(
-        domain_name=args.domain, domain_root=args.domain_root,
-        device=args.device, batch_size=args.batch_size, num_workers=args.num_workers, max_samples=args.max_samples,
-        invariance_samples=args.invariance_samples, map_method=args.map_method, baseline=args.baseline,
-        seed=args.seed,
-    )
+    parser.add_argument("--seed", type=int, help="(default: %(default)s)")
+    parser.set_defaults(**report_defaults())
+    args = vars(parser.parse_args(argv))
+    source, out, data_name, data_root = (args.pop(key) for key in ("source", "out", "data", "data_root"))
     with user_errors_exit():  # bad input: one line on stderr, exit code 2
-        encoder = load_for_report(args.source, args.data, args.data_root)
-        out = args.out or default_out(encoder)
+        options = report_options(**args)
+        encoder = load_for_report(source, data_name, data_root)
+        out = out or default_out(encoder)
         numbers = write_report(encoder, out, options)
     print(f"wrote {out / 'report.md'}, report.html, report.json and {len(FIGURES)} figures "
           f"({numbers['seconds']:.0f} s)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vicreg_lightning.data.augment import eval_transform
+from vicreg_lightning.report.config import ReportOptions
 from vicreg_lightning.data.catalog import UNLABELED
 from vicreg_lightning.data.datasets import Transformed, build_datasets
 from vicreg_lightning.errors import UserError
@@ -56,22 +57,6 @@ def _class_names(dataset: Dataset, num_classes: int) -> list[str]:
     if classes and len(classes) == num_classes:
         return [str(c) for c in classes]
     return [str(i) for i in range(num_classes)]
-
-
-@dataclass
-class ReportOptions:
-    """What :func:`write_report` evaluates on, and how much of it."""
-
-    domain_name: str | None = None
-    domain_root: str | None = None
-    device: str = "auto"
-    batch_size: int = 256
-    num_workers: int | None = None
-    max_samples: int = 10000
-    invariance_samples: int = 512
-    map_method: str = "auto"
-    baseline: bool = True
-    seed: int = 0
 
 
 def _writable(out: Path) -> None:

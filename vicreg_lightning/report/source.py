@@ -14,11 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from vicreg_lightning.config import check_data_sections
+from vicreg_lightning.config import check_sections
 from vicreg_lightning.errors import UserError
 from vicreg_lightning.export import load_encoder
 from vicreg_lightning.features import Features, extract_features, make_loader
 from vicreg_lightning.models import build_backbone, build_expander
+from vicreg_lightning.run_dir import run_dir_of
 
 SPACES: tuple[str, ...] = ("features", "embeddings")
 
@@ -44,16 +45,8 @@ class LoadedEncoder:
     def run_dir(self) -> Path | None:
         """The training run directory the weights were given in (not the one an export came from)."""
         if self.source.is_file():
-            return _run_dir_of(self.source)
+            return run_dir_of(self.source)
         return self.source if (self.source / ".hydra" / "config.yaml").is_file() else None
-
-
-def _run_dir_of(checkpoint: Path) -> Path | None:
-    # <run dir>/checkpoints/*.ckpt, or Lightning's SLURM hpc_ckpt_*.ckpt in the run directory itself.
-    for folder in (checkpoint.parent.parent, checkpoint.parent):
-        if (folder / ".hydra" / "config.yaml").is_file():
-            return folder
-    return None
 
 
 def _checked_sections(info: dict[str, Any], source: Path, data_name: str | None, data_root: str | None
@@ -66,7 +59,7 @@ def _checked_sections(info: dict[str, Any], source: Path, data_name: str | None,
             "in its run directory, none in vicreg.json); pass a checkpoint inside its run directory"
         )
     data = OmegaConf.merge(info["data"], {k: v for k, v in (("name", data_name), ("root", data_root)) if v})
-    return check_data_sections(data, info["augment"])
+    return check_sections(data=data, augment=info["augment"])
 
 
 def load_for_report(source: Path, data_name: str | None = None, data_root: str | None = None) -> LoadedEncoder:
