@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.runs import ROOT, TINY, train, weights
+from tests.runs import ROOT, TINY, compose_train, train, weights
 from vicreg_lightning.config import preset
 
 # The smoke run with a persistent loader worker, as the digits preset has one.
@@ -117,12 +117,13 @@ def test_ctrl_c_mid_epoch_saves_a_checkpoint_and_exits_as_preempted(tmp_path):
     assert saved["global_step"] == 6
 
 
-def test_ckpt_path_last_in_a_new_run_directory_starts_from_scratch(tmp_path):
+def test_ckpt_path_last_in_a_new_run_directory_starts_from_scratch(tmp_path, capsys):
+    from vicreg_lightning.train import run
+
     run_dir = tmp_path / "run"
-    proc = train(*TINY, "ckpt_path=last", f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "no checkpoint" in proc.stderr
-    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 4
+    metrics = run(compose_train(*TINY, "ckpt_path=last", f"paths.output_dir={run_dir}"))
+    assert "ckpt_path=last: no checkpoint" in capsys.readouterr().err
+    assert metrics["step"] == 4 and json.loads((run_dir / "metrics.json").read_text())["step"] == 4
 
 
 def test_requeue_signal_saves_a_checkpoint_before_the_waiting_handler_requeues(tmp_path):
