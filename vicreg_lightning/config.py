@@ -60,11 +60,11 @@ class AugmentConfig:
     solarize_threshold: int = MISSING
     view_a: ViewConfig = MISSING
     view_b: ViewConfig = MISSING
-    val_resize: int = MISSING
+    val_resize: int = MISSING  # validation: resize the short side to this, then centre-crop to size
     mean: list[float] = MISSING
     std: list[float] = MISSING
-    on_device: bool = MISSING
-    device_source_size: Optional[int] = MISSING
+    on_device: bool = MISSING  # both views made on the training device (kornia), not in the workers
+    device_source_size: Optional[int] = MISSING  # folder data with on_device: the stored square's size
 
 
 @dataclass
@@ -74,16 +74,16 @@ class DataConfig:
     name: str = MISSING
     root: str = MISSING
     download: bool = MISSING
-    batch_size: int = MISSING
-    num_workers: int = MISSING
+    batch_size: int = MISSING  # global: split over devices and nodes
+    num_workers: int = MISSING  # -1: chosen from the CPU count
     pin_memory: bool = MISSING
     persistent_workers: bool = MISSING
     prefetch_factor: int = MISSING
-    val_fraction: float = MISSING
+    val_fraction: float = MISSING  # digits, and folders without a val split
     split_seed: int = MISSING
-    train_dir: str = MISSING
+    train_dir: str = MISSING  # folder data sets: sub-folders of root
     val_dir: str = MISSING
-    bad_images: str = MISSING
+    bad_images: str = MISSING  # folder data sets: files that cannot be images; error or skip
 
 
 @dataclass
@@ -91,10 +91,10 @@ class ModelConfig:
     """``conf/model``."""
 
     backbone: str = MISSING
-    small_stem: Optional[bool] = MISSING
+    small_stem: Optional[bool] = MISSING  # None: chosen from augment.size (models.uses_small_stem)
     zero_init_residual: bool = MISSING
     expander: str = MISSING
-    channels_last: Optional[bool] = MISSING
+    channels_last: Optional[bool] = MISSING  # None: on when CUDA is available
     compile: bool = MISSING
     views_forward: str = MISSING
 
@@ -116,7 +116,7 @@ class OptimConfig:
     """``conf/optim``."""
 
     name: str = MISSING
-    base_lr: float = MISSING
+    base_lr: float = MISSING  # lr = base_lr * global batch / 256
     weight_decay: float = MISSING
     momentum: float = MISSING
     eta: float = MISSING
