@@ -5,26 +5,17 @@ from __future__ import annotations
 
 import csv
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.runs import train
 from vicreg_lightning.errors import ConfigError
 from vicreg_lightning.patches import HistoryKeepingCSVLogger
 from vicreg_lightning.run_dir import claim
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def train(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
 
 
 def test_a_finished_run_stays_untouched_when_resumed_or_rerun(tiny_digits_run, tmp_path):

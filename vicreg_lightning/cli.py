@@ -37,9 +37,7 @@ def describe_error(error: BaseException) -> str | None:
         missing = error.missing_cfg_file or ""
         if "/" in missing and error.options:
             group, _, option = missing.rpartition("/")
-            # A group's schema (config.py registers <group>/schema) is what presets start from, not an option.
-            options = sorted(option for option in error.options if option != "schema")
-            return f"{group}={option}: no such option; choose one of: {', '.join(options)}"
+            return f"{group}={option}: no such option; choose one of: {', '.join(sorted(error.options))}"
         return str(error).splitlines()[0]
     if isinstance(error, (ConfigCompositionException, OverrideParseException)):
         cause = error.__cause__

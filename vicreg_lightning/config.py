@@ -2,9 +2,10 @@
 
 The schema says what each key is (its type); the YAML under ``conf/`` is the only place a value is
 written, so no field here has a default (``MISSING``). :func:`register_schemas` gives Hydra's
-ConfigStore one structured config per group (``<group>/schema``): each preset of ``conf/`` starts
-from it (``defaults: [schema, ...]``), so Hydra checks every key and type as it composes, and a
-preset of the user's own (``--config-dir``) can do the same. :func:`check_config` then checks the
+ConfigStore one structured config per group (``schema/<group>``, a group of its own, so that it is
+not an option of the group it describes): each preset of ``conf/`` starts from it
+(``defaults: [/schema/<group>@_here_, ...]``), so Hydra checks every key and type as it composes,
+and a preset of the user's own (``--config-dir``) can do the same. :func:`check_config` then checks the
 whole composed config: the root keys, no value left out (``???``), and each section's values
 (:func:`check_sections`, also used by the tools that read a training run's data: eval, the report),
 naming the key and what it should be. It changes nothing, and runs before any data is read or any
@@ -156,12 +157,12 @@ class TrainConfig:
 
 
 def register_schemas() -> None:
-    """One structured config per group in Hydra's ConfigStore, as ``<group>/schema``."""
+    """One structured config per group in Hydra's ConfigStore, as ``schema/<group>``."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     for group, (schema, _) in SECTIONS.items():
-        store.store(group=group, name="schema", node=schema)
+        store.store(group="schema", name=group, node=schema)
 
 
 def preset(group: str, option: str, *changes: str) -> dict[str, Any]:
