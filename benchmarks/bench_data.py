@@ -8,7 +8,7 @@ ImageNet's mean size), or any ImageFolder given by ``--root``. Each sample is a 
 
 - official: ``facebookresearch/vicreg`` augmentations.py, torchvision v1 transforms on Pillow
   images, ending in ToTensor + Normalize (float32 views);
-- ours: :func:`read_rgb` + :class:`TwoViews` (OpenCV), uint8 views (normalised on the device);
+- ours: :func:`read_rgb` + :class:`Views` (OpenCV), uint8 views (normalised on the device);
 - ours + CPU normalisation: the same, normalised to float32 in the worker, for a like-for-like row.
 
 With a GPU, ``--device cuda`` adds the on-device mode (``augment.on_device``): kornia on batches of
@@ -37,7 +37,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vicreg_lightning.config import preset  # noqa: E402
-from vicreg_lightning.data.augment import BatchViewAugment, Normalize, TwoViews, same_size  # noqa: E402
+from vicreg_lightning.data.augment import Normalize, Views, device_views, same_size  # noqa: E402
 from vicreg_lightning.data.datasets import read_rgb  # noqa: E402
 
 
@@ -95,7 +95,7 @@ def official_augment(size: int, **overrides: object) -> Any:
 
 def our_pipeline(size: int, normalize_on_cpu: bool) -> Callable[[str], object]:
     aug = official_augment(size)
-    views = TwoViews(aug, seed=0)
+    views = Views(aug, seed=0)
     normalize = Normalize(aug.mean, aug.std)
     # Each sample's draws are keyed by its index, as in training (the keyed generators count too).
     index = itertools.count()
@@ -139,7 +139,7 @@ def samples_per_s(pipeline: Callable[[str], object], paths: list[str]) -> float:
 def device_samples_per_s(paths: list[str], size: int, device: str, repeats: int) -> float:
     # What the loader workers hand the device in this mode (augment.device_source_size=256).
     aug = official_augment(size, device_source_size=256)
-    views = [BatchViewAugment(aug, aug.view_a).to(device), BatchViewAugment(aug, aug.view_b).to(device)]
+    views = device_views(aug).to(device)
     stored = torch.stack([same_size(aug)(read_rgb(p)) for p in paths])
     batch = stored[torch.arange(256) % len(stored)].to(device)
     rates = []

@@ -37,6 +37,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from vicreg_lightning.backbones import uses_small_stem  # noqa: E402
 from vicreg_lightning.config import preset  # noqa: E402
 from vicreg_lightning.module import VICRegModule  # noqa: E402
 from vicreg_lightning.optim import build_optimizer, scaled_lr, warmup_cosine  # noqa: E402
@@ -47,9 +48,8 @@ LOSS = preset("loss", "vicreg")
 
 
 def model_config(args: argparse.Namespace, **speed: Any) -> dict[str, Any]:
-    return {"backbone": args.backbone, "small_stem": args.size <= 64, "zero_init_residual": True,
-            "expander": args.expander, "channels_last": False, "compile": False, "views_forward": "separate",
-            **speed}
+    return {**preset("model", "digits"), "backbone": args.backbone, "small_stem": uses_small_stem(None, args.size),
+            "expander": args.expander, "channels_last": False, "views_forward": "separate", **speed}
 
 
 def sync(device: torch.device) -> None:
@@ -67,7 +67,8 @@ class BareLoop:
 
     def __init__(self, args: argparse.Namespace, device: torch.device, total_steps: int) -> None:
         torch.manual_seed(0)
-        module = VICRegModule(model_config(args), LOSS, OPTIM, num_classes=10, batch_size=args.batch)
+        module = VICRegModule(model_config(args), LOSS, OPTIM, num_classes=10, batch_size=args.batch,
+                              image_size=args.size)
         self.backbone, self.expander = module.backbone.to(device), module.expander.to(device)
         self.criterion, self.device = module.criterion, device
         self.optimizer = build_optimizer(
@@ -160,7 +161,8 @@ def paired_run(args: argparse.Namespace, device: torch.device, warmup: int, prec
                 self.bare_time = bare.step()
 
     torch.manual_seed(0)
-    module = VICRegModule(model_config(args, **speed), LOSS, OPTIM, num_classes=10, batch_size=args.batch)
+    module = VICRegModule(model_config(args, **speed), LOSS, OPTIM, num_classes=10, batch_size=args.batch,
+                          image_size=args.size)
     x_a, x_b = two_views(args, torch.device("cpu"))
     labels = torch.randint(0, 10, (args.batch,))
     loader = torch.utils.data.DataLoader(SameBatch(((x_a, x_b), labels), batches), batch_size=None)
@@ -178,7 +180,8 @@ def paired_run(args: argparse.Namespace, device: torch.device, warmup: int, prec
 def backbone_share(args: argparse.Namespace, device: torch.device, steps: int, precision: str) -> float:
     """Median time of the backbone's forward+backward on both views alone (what the step cannot avoid)."""
     torch.manual_seed(0)
-    module = VICRegModule(model_config(args, channels_last=device.type == "cuda"), LOSS, OPTIM, 10, args.batch)
+    module = VICRegModule(model_config(args, channels_last=device.type == "cuda"), LOSS, OPTIM, 10, args.batch,
+                          image_size=args.size)
     backbone = module.backbone.to(device)
     x_a, x_b = (module._memory_format(x) for x in two_views(args, device))
     times = []

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.fake_data import skip_integrity_checks  # noqa: F401  (a fixture)
-from tests.runs import DDP, DEFAULT_RUN, KNN_MONITOR, TINY_RUN, trained_run
+from tests.runs import DDP, DEFAULT_RUN, KNN_MONITOR, ONE_DEVICE, TINY_RUN, TINY_VIT, trained_run
 
 
 def pytest_configure(config):
@@ -20,6 +20,21 @@ def pytest_configure(config):
         threads = str(max(1, cores // workers))
         os.environ["OMP_NUM_THREADS"] = threads
         torch.set_num_threads(int(threads))
+
+
+# The runs of minutes start first, one on each worker: xdist (--dist loadgroup, taking groups in
+# collection order with --no-loadscope-reorder) gives each group whole to one worker, and a long
+# group taken last would leave the other worker idle for minutes.
+LONG_RUNS = ("default_run", "digits_vit_run")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def order(item: pytest.Item) -> int:
+        if any(name in getattr(item, "fixturenames", ()) for name in LONG_RUNS):
+            return 0
+        return 1 if item.get_closest_marker("xdist_group") else 2
+
+    items.sort(key=order)  # stable: within each rank, files and tests keep their order
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +66,15 @@ def tiny_resnet18_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "augment.size=16", "augment.val_resize=16",
         "callbacks.representation_health=null",
     ))
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small timm ViT after 2 steps on digits, in one process (test_ddp.py compares 2 ranks with it)."""
+    return trained_run(tmp_path_factory, "tiny_vit", (*TINY_RUN, *TINY_VIT, *ONE_DEVICE))
+
+
+@pytest.fixture(scope="session")
+def digits_vit_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``python train.py experiment=digits_vit``: a ViT on the digits, 20 epochs (minutes)."""
+    return trained_run(tmp_path_factory, "digits_vit", ("experiment=digits_vit", *DEFAULT_RUN))

@@ -6,6 +6,7 @@ test session (:func:`trained_run`; the fixtures are in conftest.py). Shared by t
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+
+from vicreg_lightning.config import register_schemas
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -36,8 +39,32 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def compose_train(*overrides: str):
     """``conf/train.yaml`` composed with ``overrides``, as ``train.py`` composes it (not checked)."""
+    register_schemas()  # what importing the conf package does for train.py; a folder path imports nothing
     with initialize_config_dir(str(CONF), version_base="1.3"):
         return compose("train", overrides=list(overrides))
+
+
+def compose_eval(*overrides: str):
+    """``conf/eval.yaml`` composed with ``overrides``, as ``eval.py`` composes it (not checked)."""
+    register_schemas()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("eval", overrides=list(overrides))
+
+
+def random_init_export(trained_export: Path, folder: Path) -> Path:
+    """The trained export's sidecar (same architecture, data, augmentations) with the weights of a
+    freshly initialised backbone of the same architecture, seeded: the baseline a trained encoder
+    must beat, evaluated the same way."""
+    from vicreg_lightning.export import build_from_info
+
+    info = json.loads((trained_export / "vicreg.json").read_text())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        backbone, _ = build_from_info(info)
+    folder.mkdir()
+    torch.save(backbone.module.state_dict(), folder / "backbone.pt")
+    (folder / "vicreg.json").write_text(json.dumps(info | {"metrics": None, "checkpoint": None}))
+    return folder
 
 
 def shrink(root: Path, output_dir: Path) -> list[str]:
@@ -68,6 +95,9 @@ DEFAULT_RUN = ("trainer.enable_progress_bar=false",)
 # full schedule, and two steps at lr 1.6 leave weights whose 20-NN votes tie closely enough that
 # float rounding, two DDP ranks against one process, turned one image of 360), 2 steps.
 TINY_RUN = ("experiment=smoke", "trainer.limit_train_batches=2")
+# A small timm ViT (width 192, 2 blocks, 8-px patches of the 32-px crops) for the tiny runs.
+TINY_VIT = ("model=vit_tiny_32", "model.backbone_kwargs.patch_size=8", "+model.backbone_kwargs.depth=2")
+ONE_DEVICE = ("trainer.accelerator=cpu", "trainer.devices=1")
 # DDP on 2 CPU processes (gloo), and the k-NN monitor (whose val/knn_acc1 tests compare with eval's).
 DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
 KNN_MONITOR = "+callbacks.knn_monitor._target_=vicreg_lightning.callbacks.knn_monitor.KNNMonitor"

@@ -53,7 +53,9 @@ def test_bad_overrides_are_described_in_one_line_in_process():
     assert describe_error(error.value).startswith("loss.sim_coeff: Value 'abc' of type 'str' could not be converted")
     with pytest.raises(Exception) as error:
         compose_train("model=nonexistent", "paths.output_dir=x")
-    assert describe_error(error.value) == "model=nonexistent: no such option; choose one of: digits, resnet18, resnet50"
+    assert describe_error(error.value) == ("model=nonexistent: no such option; choose one of: convnext_tiny, "
+                                           "convnext_tiny_32, digits, resnet18, resnet50, vit_small, vit_small_32, "
+                                           "vit_tiny, vit_tiny_32")
 
 
 @pytest.mark.parametrize("overrides,names", BAD_INPUT, ids=[" ".join(o) for o, _ in BAD_INPUT])

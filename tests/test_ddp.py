@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.runs import DDP, KNN_MONITOR, TINY, TINY_RUN, train, weights
-
-ONE = ["trainer.accelerator=cpu", "trainer.devices=1"]
+from tests.runs import DDP, KNN_MONITOR, ONE_DEVICE, TINY, TINY_RUN, TINY_VIT, train, weights
 
 
 def finished(proc: subprocess.CompletedProcess, run_dir: Path) -> dict[str, float]:
@@ -34,7 +32,7 @@ def test_two_devices_train_like_one_on_the_same_global_batch(tiny_ddp_run, tmp_p
     # Random augmentation on: each sample's views are the same on one device and on two
     # (tests/test_sampler.py compares the views themselves).
     one, two, two_unsynced = tmp_path / "one", tiny_ddp_run, tmp_path / "two_unsynced"
-    metrics_one = finished(train(*TINY_RUN, *ONE, KNN_MONITOR, f"hydra.run.dir={one}"), one)
+    metrics_one = finished(train(*TINY_RUN, *ONE_DEVICE, KNN_MONITOR, f"hydra.run.dir={one}"), one)
     metrics_two = json.loads((two / "metrics.json").read_text())
 
     assert metrics_two["step"] == metrics_one["step"] == 2
@@ -55,6 +53,16 @@ def test_two_devices_train_like_one_on_the_same_global_batch(tiny_ddp_run, tmp_p
     finished(train(*TINY_RUN, *DDP, KNN_MONITOR, "trainer.sync_batchnorm=false",
                    f"hydra.run.dir={two_unsynced}"), two_unsynced)
     assert max_difference(weights(one), weights(two_unsynced)) > 100 * TOLERANCE
+
+
+def test_a_vit_trains_on_two_devices_like_on_one(tiny_vit_run, tmp_path):
+    """No SyncBatchNorm in the ViT (it has none; the expander's is synced) and no search for unused
+    parameters: 2 gloo ranks give the one-process weights."""
+    two = tmp_path / "two"
+    metrics = finished(train(*TINY_RUN, *TINY_VIT, *DDP, f"hydra.run.dir={two}"), two)
+    assert metrics["step"] == 2
+    difference = max_difference(weights(tiny_vit_run), weights(two))
+    assert difference < TOLERANCE, f"ViT, devices=2 vs devices=1: max parameter difference {difference:.2e}"
 
 
 def test_ddp_multirun_gives_each_job_one_directory(tmp_path):

@@ -8,16 +8,14 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from tests.fake_data import write_stl10
-from tests.runs import ROOT
+from tests.runs import ROOT, compose_eval, random_init_export
 from vicreg_lightning.data.datasets import TensorImages
 from vicreg_lightning.errors import ConfigError, DataError, UserError
 from vicreg_lightning.evaluate import (
@@ -33,7 +31,6 @@ from vicreg_lightning.evaluate import (
 from vicreg_lightning.export import export, load_encoder
 from vicreg_lightning.features import Features
 from vicreg_lightning.metrics.knn import knn_class_scores
-from vicreg_lightning.models import build_backbone
 
 
 def eval_cli(*overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -177,11 +174,6 @@ def test_knn_monitor_under_ddp_matches_offline_knn(tiny_ddp_run, tmp_path):
     assert json.loads((tiny_ddp_run / "metrics.json").read_text())["val/knn_acc1"] == pytest.approx(offline, abs=1e-6)
 
 
-def compose_eval(*overrides: str):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("eval", overrides=list(overrides))
-
-
 # The same refusals in-process (run() raises what the command prints as its one line).
 REFUSED = [
     (["weights={run}", "arch=resnet50"], UserError,
@@ -235,18 +227,6 @@ def test_data_preset_replaces_the_runs_and_keys_merge_over_it(tiny_digits_run):
 # ------------------------------------------------------------------------------- the default run
 
 
-def _random_init_export(trained_export: Path, folder: Path) -> Path:
-    """The trained export's sidecar (same architecture, data, augmentations) with the weights of a
-    freshly initialised backbone of the same architecture, seeded."""
-    torch.manual_seed(0)
-    info = json.loads((trained_export / "vicreg.json").read_text())
-    backbone, _ = build_backbone(info["arch"], small_stem=info["small_stem"])
-    folder.mkdir()
-    torch.save(backbone.state_dict(), folder / "backbone.pt")
-    (folder / "vicreg.json").write_text(json.dumps(info | {"metrics": None, "checkpoint": None}))
-    return folder
-
-
 # The issue's bars. Measured on the default run (CPU; 32-px crops, 2048 expander, LARS base_lr 3.2,
 # 20 epochs), linear / 20-NN: seed 0 0.969 / 0.969 (twice, 1 thread), seed 1 0.983 / 0.981,
 # seed 2 0.975 / 0.981: the lowest is 7 images of 360 above 0.95.
@@ -265,7 +245,7 @@ def test_default_run_representations_beat_random_init(default_run, tmp_path):
     The linear layer trains on precomputed features: the paper's 100 epochs (6 steps each on
     digits' 1,437 training images) take about a second."""
     trained = export(default_run, tmp_path / "trained")
-    random_init = _random_init_export(trained, tmp_path / "random")
+    random_init = random_init_export(trained, tmp_path / "random")
     results = {}
     for name, weights in (("trained", trained), ("random", random_init)):
         start = time.monotonic()

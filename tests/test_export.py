@@ -20,7 +20,7 @@ import vicreg_lightning
 from tests.runs import ROOT
 from vicreg_lightning.errors import UserError
 from vicreg_lightning.export import export, load_encoder, main
-from vicreg_lightning.models import build_backbone
+from vicreg_lightning.backbones import build_resnet
 
 
 def export_cli(*args: str) -> subprocess.CompletedProcess:
@@ -48,7 +48,7 @@ def torchvision_resnet(arch: str, small_stem: bool) -> nn.Module:
 def checkpoint_backbone(checkpoint: Path, arch: str, small_stem: bool) -> nn.Module:
     """The backbone as training held it, read straight from the Lightning checkpoint."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    backbone, _ = build_backbone(arch, small_stem=small_stem)
+    backbone = build_resnet(arch, small_stem=small_stem)
     backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")})
     return backbone.eval()
 
@@ -107,7 +107,7 @@ def _mismatched_export(source_run: Path, folder: Path) -> Path:
     """An export whose sidecar names another architecture than its weights."""
     export(source_run, folder)
     info = json.loads((folder / "vicreg.json").read_text())
-    (folder / "vicreg.json").write_text(json.dumps(info | {"arch": "resnet18"}))
+    (folder / "vicreg.json").write_text(json.dumps(info | {"arch": "resnet18", "backbone": "resnet18"}))
     return folder
 
 

@@ -246,10 +246,8 @@ def health_keys(metrics) -> set[str]:
 def test_vicreg_run_logs_every_health_metric_to_callback_metrics_and_logger(tmp_path):
     model = VICRegModule(
         model=preset("model", "digits", "small_stem=true", "expander=32-16"),
-        loss={}, optim={"name": "lars", "base_lr": 0.4, "weight_decay": 1e-6, "momentum": 0.9, "eta": 1e-3,
-                        "betas": [0.9, 0.999], "exclude_bias_and_norm": True, "warmup_epochs": 1.0,
-                        "end_lr_ratio": 0.001, "probe_lr": 0.5},
-        num_classes=3, batch_size=8,
+        loss={}, optim=preset("optim", "lars", "base_lr=0.4", "warmup_epochs=1.0", "probe_lr=0.5"),
+        num_classes=3, batch_size=8, image_size=32,
     )
     callback = RepresentationHealth(every_n_steps=3, num_samples=12)
     fit = trainer(callback, logger=CSVLogger(tmp_path, name="csv", version=0), log_every_n_steps=2)

@@ -1,52 +1,13 @@
-"""Backbones and the expander."""
+"""The expander."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 from vicreg_lightning.errors import ConfigError
-from vicreg_lightning.models import build_backbone, build_expander, parse_expander_spec, resnet_names
-
-
-@pytest.mark.parametrize("name,dim", [("resnet10", 512), ("resnet18", 512), ("resnet50", 2048)])
-def test_backbone_feature_dims(name, dim):
-    net, feature_dim = build_backbone(name)
-    assert feature_dim == dim
-    assert net.eval()(torch.randn(2, 3, 64, 64)).shape == (2, dim)
-
-
-def test_every_torchvision_resnet_is_offered():
-    shipped = {n for n in torchvision.models.list_models(module=torchvision.models)
-               if n.startswith(("resnet", "wide_resnet", "resnext"))}
-    assert set(resnet_names()) == shipped | {"resnet10"}
-
-
-def test_small_stem_keeps_resolution():
-    standard, _ = build_backbone("resnet18", small_stem=False)
-    small, _ = build_backbone("resnet18", small_stem=True)
-    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
-    assert isinstance(small.maxpool, nn.Identity)
-    x = torch.randn(2, 3, 32, 32)
-    # 32 px: the small stem enters layer1 at 32x32, the ImageNet stem at 8x8.
-    assert small.layer1(small.relu(small.bn1(small.conv1(x)))).shape[-1] == 32
-    assert standard.layer1(standard.maxpool(standard.relu(standard.bn1(standard.conv1(x))))).shape[-1] == 8
-
-
-def test_zero_init_residual_as_official():
-    net, _ = build_backbone("resnet50", zero_init_residual=True)
-    assert torch.count_nonzero(net.layer1[0].bn3.weight) == 0
-    net, _ = build_backbone("resnet50", zero_init_residual=False)
-    assert torch.count_nonzero(net.layer1[0].bn3.weight) > 0
-
-
-def test_backbone_weights_load_into_torchvision():
-    net, _ = build_backbone("resnet18")
-    reference = torchvision.models.resnet18()
-    reference.fc = nn.Identity()
-    reference.load_state_dict(net.state_dict(), strict=True)
+from vicreg_lightning.models import build_expander, parse_expander_spec
 
 
 def test_expander_is_official():
@@ -68,11 +29,6 @@ def test_single_layer_expander():
 def test_bad_expander_spec(spec):
     with pytest.raises(ConfigError, match="model.expander"):
         parse_expander_spec(spec)
-
-
-def test_unknown_backbone():
-    with pytest.raises(ConfigError, match="resnet999.*resnet18"):
-        build_backbone("resnet999")
 
 
 def test_an_expander_too_wide_for_this_machine_is_refused_before_it_is_allocated(monkeypatch):

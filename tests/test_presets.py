@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from tests.fake_data import write_cifar, write_image_folder, write_imagenet, write_stl10
 from tests.runs import CONF, compose_train, shrink
 from vicreg_lightning.config import SECTIONS, check_config
-from vicreg_lightning.models import uses_small_stem
+from vicreg_lightning.backbones import uses_small_stem
 from vicreg_lightning.train import run
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

@@ -144,7 +144,8 @@ def test_a_checkpoint_of_another_optimiser_is_refused_before_training(tmp_path):
 
     def module(optim: str) -> VICRegModule:
         return VICRegModule(model=preset("model", "digits", "small_stem=true", "expander=32-16"),
-                            loss={}, optim={"name": optim, "base_lr": 0.1}, num_classes=10, batch_size=8)
+                            loss={}, optim={"name": optim, "base_lr": 0.1}, num_classes=10, batch_size=8,
+                            image_size=32)
 
     lars = module("lars")
     torch.save({"state_dict": lars.state_dict(), "hyper_parameters": dict(lars.hparams)}, tmp_path / "lars.ckpt")
@@ -159,7 +160,7 @@ def test_a_missing_or_other_model_checkpoint_is_refused_naming_it(tmp_path):
     from vicreg_lightning.resume import check_checkpoint
 
     module = VICRegModule(model=preset("model", "digits", "expander=32-16"), loss=preset("loss", "vicreg"),
-                          optim=preset("optim", "lars"), num_classes=10, batch_size=8)
+                          optim=preset("optim", "lars"), num_classes=10, batch_size=8, image_size=32)
     with pytest.raises(ConfigError, match=r"^ckpt_path='/no/such.ckpt': no such file"):
         check_checkpoint(Path("/no/such.ckpt"), module, "/no/such.ckpt")
     torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(64, 3, 3, 3)}}, tmp_path / "other.ckpt")

@@ -6,19 +6,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vicreg_lightning.config import preset
 from vicreg_lightning.module import VICRegModule, resolve_views_forward
 from vicreg_lightning.train import resolve_precision
 
-OPTIM = {"name": "lars", "base_lr": 0.3, "weight_decay": 1e-6, "momentum": 0.9, "eta": 1e-3, "betas": [0.9, 0.999],
-         "exclude_bias_and_norm": True, "warmup_epochs": 0, "end_lr_ratio": 0.001, "probe_lr": 0.1}
+OPTIM = preset("optim", "lars", "warmup_epochs=0")
 LOSS = {"sim_coeff": 25.0, "std_coeff": 25.0, "cov_coeff": 1.0}
 
 
 def module(**speed) -> VICRegModule:
     torch.manual_seed(0)
-    model = {"backbone": "resnet10", "small_stem": False, "zero_init_residual": False, "expander": "64-64",
-             "channels_last": False, "compile": False, "views_forward": "separate", **speed}
-    return VICRegModule(model, LOSS, OPTIM, num_classes=10, batch_size=16)
+    model = {**preset("model", "digits"), "zero_init_residual": False, "expander": "64-64", "channels_last": False,
+             "views_forward": "separate", **speed}
+    return VICRegModule(model, LOSS, OPTIM, num_classes=10, batch_size=16, image_size=32)
 
 
 def views() -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,8 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from vicreg_lightning.data.catalog import DATASETS
 from vicreg_lightning.errors import ConfigError
 from vicreg_lightning.loss import WEIGHTINGS
-from vicreg_lightning.models import parse_expander_spec, resnet_names
+from vicreg_lightning.backbones import POOLS, backbone_kind
+from vicreg_lightning.models import parse_expander_spec
 from vicreg_lightning.optim import OPTIMIZERS
 
 # How the two views go through backbone and expander (vicreg_lightning.module.VICRegModule).
@@ -61,6 +62,10 @@ class AugmentConfig:
     solarize_threshold: int = MISSING
     view_a: ViewConfig = MISSING
     view_b: ViewConfig = MISSING
+    num_local_crops: int = MISSING  # multi-crop: further views, each a small crop, per sample
+    local_size: int = MISSING  # their size in pixels
+    local_crop_scale: list[float] = MISSING  # their share of the image's area
+    view_local: ViewConfig = MISSING  # their blur and solarisation
     val_resize: int = MISSING  # validation: resize the short side to this, then centre-crop to size
     mean: list[float] = MISSING
     std: list[float] = MISSING
@@ -91,11 +96,14 @@ class DataConfig:
 class ModelConfig:
     """``conf/model``."""
 
-    backbone: str = MISSING
-    small_stem: Optional[bool] = MISSING  # None: chosen from augment.size (models.uses_small_stem)
-    zero_init_residual: bool = MISSING
+    backbone: Any = MISSING  # a ResNet name, timm:<name>, or {_target_: ...} (vicreg_lightning.backbones)
+    backbone_kwargs: dict[str, Any] = MISSING  # timm: and _target_ backbones: constructor arguments
+    pool: str = MISSING  # auto (the model's own), cls (class token) or avg
+    init_weights: Optional[str] = MISSING  # a local state dict to start the backbone from
+    small_stem: Optional[bool] = MISSING  # ResNets; None: chosen from augment.size (backbones.uses_small_stem)
+    zero_init_residual: bool = MISSING  # ResNets
     expander: str = MISSING
-    channels_last: Optional[bool] = MISSING  # None: on when CUDA is available
+    channels_last: Optional[bool] = MISSING  # None: on when CUDA is available, for convolutional backbones
     compile: bool = MISSING
     views_forward: str = MISSING
 
@@ -126,6 +134,7 @@ class OptimConfig:
     warmup_epochs: float = MISSING
     end_lr_ratio: float = MISSING
     probe_lr: float = MISSING
+    clip_grad_norm: Optional[float] = MISSING  # the encoder's gradient norm, clipped to this; None: off
 
 
 @dataclass
@@ -232,10 +241,10 @@ def check_recipe(choices: dict[str, Any]) -> None:
     """The default recipe, ``experiment=digits``, is sized for the digits: with another data set
     (``data=cifar10`` alone) it would train ResNet-10 for 20 epochs at the digits' lr without a
     word. ``choices``: Hydra's group choices (``hydra.runtime.choices``)."""
-    data = choices.get("data")
-    if choices.get("experiment") == "digits" and data != "digits":
+    data, experiment = choices.get("data"), str(choices.get("experiment"))
+    if experiment.startswith("digits") and data != "digits":
         raise ConfigError(
-            f"data={data} under experiment=digits (the default recipe, sized for the digits); choose a recipe "
+            f"data={data} under experiment={experiment} (a recipe sized for the digits); choose a recipe "
             f"for it (experiment=cifar10_resnet18, experiment=imagenet_resnet50), or drop the default one with "
             f"'~experiment' and take the groups' own presets (model, optim, trainer)"
         )
@@ -311,11 +320,23 @@ def _check_augment(augment: DictConfig) -> None:
     require_value(augment.device_source_size is None or augment.device_source_size >= augment.size,
                   "augment.device_source_size", augment.device_source_size,
                   f"null or an integer >= augment.size ({augment.size})")
+    require_value(augment.num_local_crops >= 0, "augment.num_local_crops", augment.num_local_crops,
+                  "an integer >= 0 (0: the two views alone)")
+    if augment.num_local_crops:  # else a smaller augment.size alone would trip it
+        require_value(1 <= augment.local_size <= augment.size, "augment.local_size", augment.local_size,
+                      f"a crop size in pixels, at most augment.size ({augment.size}): local crops are the small ones")
+    _check_interval("augment.local_crop_scale", augment.local_crop_scale, 1e-6, 1.0)
+    for key in ("view_local.blur_prob", "view_local.solarize_prob"):
+        _check_probability(f"augment.{key}", OmegaConf.select(augment, key))
 
 
 def _check_model(model: DictConfig) -> None:
-    names = resnet_names()
-    require_value(model.backbone in names, "model.backbone", model.backbone, f"a torchvision ResNet: {', '.join(names)}")
+    backbone = OmegaConf.to_container(model.backbone) if OmegaConf.is_config(model.backbone) else model.backbone
+    # Whether it builds, and what it returns, is checked as it is built (before training).
+    if backbone_kind(backbone) != "resnet":
+        require_value(not model.small_stem, "model.small_stem", model.small_stem,
+                      "null or false: the 3x3 stem is a ResNet's (a timm model takes model.backbone_kwargs)")
+    require_value(model.pool in POOLS, "model.pool", model.pool, f"one of {', '.join(POOLS)}")
     parse_expander_spec(model.expander)
     require_value(model.views_forward in VIEWS_FORWARD, "model.views_forward", model.views_forward,
                   f"one of {', '.join(VIEWS_FORWARD)}")
@@ -339,6 +360,8 @@ def _check_optim(optim: DictConfig) -> None:
     require_value(optim.warmup_epochs >= 0, "optim.warmup_epochs", optim.warmup_epochs, "a number of epochs >= 0")
     require_value(0 <= optim.end_lr_ratio <= 1, "optim.end_lr_ratio", optim.end_lr_ratio,
                   "a fraction of the peak lr in [0, 1]")
+    require_value(optim.clip_grad_norm is None or optim.clip_grad_norm > 0, "optim.clip_grad_norm",
+                  optim.clip_grad_norm, "null (no clipping) or a gradient norm > 0")
 
 
 def _check_paths(paths: DictConfig) -> None:

@@ -4,7 +4,11 @@
 ``checkpoints/last.ckpt``) or an export folder. The export folder holds:
 
 ``backbone.pt``
-    The ResNet's ``state_dict``: exactly torchvision's keys for ``torchvision.models.<arch>()``
+    The backbone's ``state_dict``. A timm backbone's loads into
+    ``timm.create_model(info["timm"]["model_name"], **info["timm"]["kwargs"])`` with ``strict=True``
+    (``vicreg.json`` records the exact call: ``num_classes=0``, the image size, the pooling and
+    ``model.backbone_kwargs``); a ``_target_`` backbone's into what its ``backbone`` entry builds.
+    A ResNet's has exactly torchvision's keys for ``torchvision.models.<arch>()``
     without ``fc.*`` (the backbone is trained with ``fc = Identity``: VICReg ships the 2048-d pooled
     features of a ResNet-50, Bardes, Ponce, LeCun, ICLR 2022, §4.2). It loads with
     ``strict=True`` once ``fc`` is replaced the same way::
@@ -24,7 +28,8 @@
     The expander's ``state_dict`` (``Linear-BN-ReLU`` × (k−1), then ``Linear`` without bias), for
     :func:`vicreg_lightning.models.build_expander` with the ``expander`` spec of ``vicreg.json``.
 ``vicreg.json``
-    What the weights are: architecture, stem, feature and embedding widths, the training data and
+    What the weights are: architecture (``arch``; ``backbone``, ``backbone_kwargs``, ``pool``,
+    ``image_size`` as configured; ``timm``), stem, feature and embedding widths, the training data and
     augmentations, loss coefficients, optimiser, epoch and step, the run's final metrics and the
     code version.
 """
@@ -45,14 +50,15 @@ from torch import nn
 import vicreg_lightning
 from vicreg_lightning.cli import user_errors_exit
 from vicreg_lightning.errors import UserError
-from vicreg_lightning.models import build_backbone, build_expander, parse_expander_spec, weight_mismatches
+from vicreg_lightning.backbones import Backbone, backbone_arch, backbone_kind, build_backbone
+from vicreg_lightning.models import build_expander, parse_expander_spec, weight_mismatches
 from vicreg_lightning.run_dir import CHECKPOINT_DIR, METRICS_FILE, read_torch_file, run_dir_of
 
 BACKBONE_FILE = "backbone.pt"
 EXPANDER_FILE = "expander.pt"
 SIDECAR_FILE = "vicreg.json"
 FORMAT = "vicreg-lightning-encoder"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # Where a run directory keeps the checkpoint that ``weights=<run dir>`` means.
 LAST_CHECKPOINT = Path(CHECKPOINT_DIR) / "last.ckpt"
 
@@ -76,8 +82,7 @@ def load_encoder(path: str | Path, arch: str | None = None) -> tuple[nn.Module, 
         path = path / LAST_CHECKPOINT
     backbone, expander, info = _load_export(path) if path.is_dir() else _load_checkpoint(path)
     if arch is not None and info["arch"] != arch:
-        stem = "3x3 stem" if info["small_stem"] else "ImageNet stem"
-        raise UserError(f"{str(path)!r}: holds a {info['arch']} backbone ({stem}), not the arch={arch} asked for")
+        raise UserError(f"{str(path)!r}: holds a {info['arch']} backbone{_stem(info)}, not the arch={arch} asked for")
     backbone.eval()
     if expander is not None:
         expander.eval()
@@ -118,7 +123,13 @@ def _describe_checkpoint(checkpoint: Mapping[str, Any], path: Path) -> dict[str,
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "arch": model["backbone"],
+        "arch": backbone_arch(model["backbone"]),
+        "backbone": model["backbone"],
+        "backbone_kwargs": dict(model.get("backbone_kwargs") or {}),
+        "pool": model.get("pool", "auto"),
+        "image_size": hparams.get("image_size"),
+        "local_crop_size": hparams.get("local_crop_size"),
+        "timm": None,  # the timm.create_model call, filled in once the backbone is built
         "small_stem": bool(model["small_stem"]),
         # The expander's first layer reads the backbone's pooled features.
         "feature_dim": int(checkpoint["state_dict"]["expander.0.weight"].shape[1]),
@@ -184,7 +195,9 @@ def _load_checkpoint(path: Path) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
         raise UserError(f"{shown}: not a vicreg-lightning training checkpoint (no hyper_parameters.model); "
                         "pass one from <run dir>/checkpoints/")
     info = _describe_checkpoint(checkpoint, path)
-    backbone, expander = _build(info)
+    backbone, expander = build_from_info(info)
+    info["timm"] = backbone.timm
+    backbone = backbone.module
     state = checkpoint["state_dict"]
     for prefix, module in (("backbone.", backbone), ("expander.", expander)):
         part = {name[len(prefix):]: t for name, t in state.items() if name.startswith(prefix)}
@@ -204,10 +217,10 @@ def _load_export(folder: Path) -> tuple[nn.Module, nn.Module | None, dict[str, A
         info["arch"], info["small_stem"], info["expander"]  # noqa: B018 - the keys the modules need
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{str(sidecar)!r}: not a readable {SIDECAR_FILE} ({type(e).__name__}: {e})") from None
-    backbone, expander = _build(info)
-    stem = "3x3 stem" if info["small_stem"] else "ImageNet stem"
+    backbone, expander = build_from_info(info)
+    backbone = backbone.module
     _load_exactly(backbone, _read(folder / BACKBONE_FILE),
-                  f"{str(folder / BACKBONE_FILE)!r}: does not match {info['arch']} ({stem}) of {SIDECAR_FILE}")
+                  f"{str(folder / BACKBONE_FILE)!r}: does not match {info['arch']}{_stem(info)} of {SIDECAR_FILE}")
     if not (folder / EXPANDER_FILE).is_file():
         return backbone, None, info
     _load_exactly(expander, _read(folder / EXPANDER_FILE),
@@ -215,12 +228,29 @@ def _load_export(folder: Path) -> tuple[nn.Module, nn.Module | None, dict[str, A
     return backbone, expander, info
 
 
-def _build(info: Mapping[str, Any]) -> tuple[nn.Module, nn.Module]:
+def build_from_info(info: Mapping[str, Any]) -> tuple[Backbone, nn.Module]:
+    """The backbone and expander that ``info`` (``vicreg.json``) describes, randomly initialised."""
     try:
-        backbone, feature_dim = build_backbone(info["arch"], small_stem=bool(info["small_stem"]))
-        return backbone, build_expander(feature_dim, info["expander"])
+        backbone = build_backbone(backbone_section(info), info.get("image_size") or 224,
+                                  any_image_size=info.get("local_crop_size") is not None)
+        return backbone, build_expander(backbone.feature_dim, info["expander"])
     except UserError as e:
-        raise UserError(f"the weights' architecture is unknown here: {e}") from None
+        raise UserError(f"the weights' architecture cannot be built here: {e}") from None
+
+
+def backbone_section(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``conf/model`` keys of :func:`~vicreg_lightning.backbones.build_backbone` that ``info``
+    records (an export of format 1 has ResNet keys alone)."""
+    return {"backbone": info.get("backbone", info["arch"]), "backbone_kwargs": info.get("backbone_kwargs") or {},
+            "pool": info.get("pool", "auto"), "small_stem": bool(info["small_stem"]),
+            "zero_init_residual": info.get("zero_init_residual", True)}
+
+
+def _stem(info: Mapping[str, Any]) -> str:
+    """`` (3x3 stem)`` or `` (ImageNet stem)`` for a ResNet: which one tells two exports apart."""
+    if backbone_kind(info.get("backbone", info["arch"])) != "resnet":
+        return ""
+    return " (3x3 stem)" if info["small_stem"] else " (ImageNet stem)"
 
 
 def _load_exactly(module: nn.Module, state_dict: Mapping[str, Any], mismatch: str) -> None:

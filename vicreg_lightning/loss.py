@@ -22,6 +22,18 @@ so at the same coefficients the paper weighs the variance twice as much as the c
 (vicreg#8, #26). ``variance`` in the returned :class:`VICRegLossOutput` is the bracket including
 the ½ where the weighting has one, so ``loss == λ·invariance + μ·variance + ν·covariance`` always.
 
+Multi-crop. With ``L`` local crops ``Z_3 … Z_V`` besides the two global views ``Z_1, Z_2``
+(``V = 2 + L`` views of the same ``N`` samples), the terms generalise as VICRegL's global loss
+(Bardes, Ponce, LeCun, NeurIPS 2022, ``main_vicregl.py``): invariance averages over the pairs of a
+global view with every other view, variance and covariance over the views::
+
+    s = 1/(2(V−1)) Σ_{g∈{1,2}} Σ_{j≠g} s(Z_g, Z_j)
+    v = 1/V Σ_v v(Z_v)     (official)        v = 2/V Σ_v v(Z_v)     (paper)
+    c = 2/V Σ_v c(Z_v)
+
+The factor 2/V keeps today's scale: with ``V = 2`` each line is exactly the two-view term above
+(the pair (1, 2) is counted from both sides: 2·s(Z_1, Z_2) / 2).
+
 Under ``torch.distributed`` the variance and covariance see the embeddings of every rank, through
 :class:`FullGather` whose backward sums the gradients over ranks; invariance stays local. Each rank
 then holds W× the gradient of the global var/cov terms for its own samples and DDP's 1/W average
@@ -164,23 +176,31 @@ class VICRegLoss(nn.Module):
             f"eps={self.eps}, weighting={self.weighting!r}"
         )
 
-    def forward(self, z_a: Tensor, z_b: Tensor) -> VICRegLossOutput:
-        _check_embeddings(z_a, z_b)
+    def forward(self, z_a: Tensor, z_b: Tensor, *z_local: Tensor) -> VICRegLossOutput:
+        """The loss of two global views' embeddings ``z_a``, ``z_b`` and of any local crops' (multi-crop)."""
+        views = (z_a, z_b, *z_local)
+        _check_embeddings(views)
         # The MSE would be safe in half precision; float32 keeps the three terms comparable.
-        invariance = F.mse_loss(_at_least_float32(z_a), _at_least_float32(z_b))
+        a, b = _at_least_float32(z_a), _at_least_float32(z_b)
+        invariance = F.mse_loss(a, b)
+        if z_local:
+            pairs = 2 * invariance + sum(F.mse_loss(g, _at_least_float32(z)) for z in z_local for g in (a, b))
+            invariance = pairs / (2 * (len(views) - 1))
 
         if self.gather_distributed:
-            z_a, z_b = gather_from_all_ranks(z_a), gather_from_all_ranks(z_b)
-        if z_a.shape[0] < 2:
+            views = tuple(gather_from_all_ranks(z) for z in views)
+        if views[0].shape[0] < 2:
             raise ValueError(
-                f"batch of {z_a.shape[0]} sample: VICReg's variance and covariance need at least "
+                f"batch of {views[0].shape[0]} sample: VICReg's variance and covariance need at least "
                 "2 samples; raise the batch size"
             )
         with torch.autocast(device_type=z_a.device.type, enabled=False):
-            var_a, cov_a = branch_terms(_at_least_float32(z_a), self.eps)
-            var_b, cov_b = branch_terms(_at_least_float32(z_b), self.eps)
-        variance = (var_a + var_b) / 2 if self.weighting == "official" else var_a + var_b
-        covariance = cov_a + cov_b
+            variances, covariances = zip(*(branch_terms(_at_least_float32(z), self.eps) for z in views))
+        # Sums in view order, so that two views give exactly (v_a + v_b) / 2 and c_a + c_b.
+        variance = sum(variances) / len(views)
+        if self.weighting == "paper":
+            variance = variance * 2
+        covariance = sum(covariances) * (2 / len(views))
 
         loss = self.sim_coeff * invariance + self.std_coeff * variance + self.cov_coeff * covariance
         # Not checked here: a check reads the device on the host (vicreg_lightning/divergence.py).
@@ -191,13 +211,9 @@ def _at_least_float32(z: Tensor) -> Tensor:
     return z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
 
 
-def _check_embeddings(z_a: Tensor, z_b: Tensor) -> None:
-    if z_a.ndim != 2 or z_b.ndim != 2:
-        raise ValueError(
-            f"embeddings must be 2-D (batch, dim); got shapes {tuple(z_a.shape)} and {tuple(z_b.shape)}"
-        )
-    if z_a.shape != z_b.shape:
-        raise ValueError(
-            f"the two views' embeddings differ in shape: {tuple(z_a.shape)} vs {tuple(z_b.shape)}"
-        )
-
+def _check_embeddings(views: tuple[Tensor, ...]) -> None:
+    shapes = [tuple(z.shape) for z in views]
+    if any(len(shape) != 2 for shape in shapes):
+        raise ValueError(f"embeddings must be 2-D (batch, dim); got shapes {', '.join(map(str, shapes))}")
+    if len(set(shapes)) > 1:
+        raise ValueError(f"the views' embeddings differ in shape: {' vs '.join(map(str, shapes))}")

@@ -12,10 +12,11 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from vicreg_lightning.backbones import build_backbone, is_convnet, load_init_weights
 from vicreg_lightning.data.catalog import UNLABELED
 from vicreg_lightning.divergence import DivergenceWatch
 from vicreg_lightning.loss import VICRegLoss, VICRegLossOutput
-from vicreg_lightning.models import build_backbone, build_expander
+from vicreg_lightning.models import build_expander
 from vicreg_lightning.optim import build_optimizer, scaled_lr, warmup_cosine
 from vicreg_lightning.resume import capture_rng_states, restore_rng_states
 
@@ -30,7 +31,7 @@ def resolve_views_forward(mode: str, *modules: nn.Module) -> str:
 
 
 class VICRegModule(pl.LightningModule):
-    """VICReg pretraining of a ResNet with an online linear probe.
+    """VICReg pretraining of any image encoder, with an online linear probe.
 
     The probe is a linear layer on the *detached* backbone features, trained with its own
     cross-entropy in its own parameter group, so it measures the representation without shaping
@@ -41,16 +42,20 @@ class VICRegModule(pl.LightningModule):
     ``concat``, one pass over both views (fewer, larger kernels: faster for small per-device
     batches on a GPU), where BatchNorm's statistics mix the two views; ``auto``, one pass when no
     layer normalises with batch statistics (then both are the same computation), else two.
-    ``model.channels_last`` (default: when CUDA is available) stores the backbone's convolutions
-    channels-last, and ``model.compile`` compiles the backbone with ``torch.compile``.
+    Local crops (multi-crop), when the batch has any, go through backbone and expander in one pass
+    of their own, after the two views; the probe reads the two views' features only.
+    ``model.channels_last`` (default: when CUDA is available and the backbone is a convolutional
+    network) stores the backbone's convolutions channels-last, and ``model.compile`` compiles the
+    backbone with ``torch.compile``.
 
     Args:
-        model: ``backbone``, ``small_stem``, ``zero_init_residual``, ``expander``, ``channels_last``,
-            ``compile``, ``views_forward`` (``conf/model``).
+        model: the ``conf/model`` section (backbone, expander, speed settings).
         loss: keyword arguments of :class:`~vicreg_lightning.loss.VICRegLoss` (``conf/loss``).
         optim: ``name``, ``base_lr``, ``weight_decay``, ... (``conf/optim``).
         num_classes: classes of the probe.
         batch_size: the global batch, for ``lr = base_lr · batch / 256``.
+        image_size: the views' crop size (``augment.size``), which some backbones are built for.
+        local_crop_size: the local crops' size (``augment.local_size``) when there are any, else None.
     """
 
     def __init__(
@@ -60,17 +65,22 @@ class VICRegModule(pl.LightningModule):
         optim: Mapping[str, Any],
         num_classes: int,
         batch_size: int,
+        image_size: int,
+        local_crop_size: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.backbone, self.feature_dim = build_backbone(
-            model["backbone"], small_stem=model["small_stem"], zero_init_residual=model["zero_init_residual"]
-        )
+        built = build_backbone(model, image_size, any_image_size=local_crop_size is not None)
+        self.backbone, self.feature_dim = built.module, built.feature_dim
+        if model["init_weights"]:
+            load_init_weights(self.backbone, model["init_weights"], built.arch)
         self.expander = build_expander(self.feature_dim, model["expander"])
         self.views_forward = resolve_views_forward(model["views_forward"], self.backbone, self.expander)
         # Decided here, before Lightning moves the model and wraps it (DDP): .to(device) keeps it.
         channels_last = model["channels_last"]
-        self.channels_last = torch.cuda.is_available() if channels_last is None else bool(channels_last)
+        if channels_last is None:
+            channels_last = torch.cuda.is_available() and is_convnet(self.backbone)
+        self.channels_last = bool(channels_last)
         if self.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         if model["compile"]:
@@ -108,6 +118,12 @@ class VICRegModule(pl.LightningModule):
         f_a, f_b = self.backbone(self._memory_format(x_a)), self.backbone(self._memory_format(x_b))
         return f_a, f_b, self.expander(f_a), self.expander(f_b)
 
+    def embed_local_crops(self, crops: list[Tensor]) -> list[Tensor]:
+        """Expander embeddings of the local crops, all crops in one pass."""
+        if not crops:
+            return []
+        return list(self.expander(self.backbone(self._memory_format(torch.cat(crops)))).chunk(len(crops)))
+
     def _probe_loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.probe(features.detach())
         labelled = (labels != UNLABELED).sum()
@@ -115,10 +131,10 @@ class VICRegModule(pl.LightningModule):
         loss = F.cross_entropy(logits, labels, ignore_index=UNLABELED, reduction="sum") / labelled.clamp(min=1)
         return logits, loss
 
-    def training_step(self, batch: tuple[tuple[Tensor, Tensor], Tensor], batch_idx: int) -> Tensor:
-        (x_a, x_b), labels = batch
+    def training_step(self, batch: tuple[tuple[Tensor, ...], Tensor], batch_idx: int) -> Tensor:
+        (x_a, x_b, *local_crops), labels = batch
         f_a, f_b, z_a, z_b = self.embed_views(x_a, x_b)
-        terms = self.criterion(z_a, z_b)
+        terms = self.criterion(z_a, z_b, *self.embed_local_crops(local_crops))
         self.divergence.update(self.global_step, terms.invariance, terms.variance, terms.covariance)
 
         both_labels = torch.cat([labels, labels])
@@ -178,6 +194,16 @@ class VICRegModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng_states" in checkpoint:
             restore_rng_states(checkpoint["rng_states"])
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        # Lightning's own (trainer.gradient_clip_val) clips every parameter, the probe's included;
+        # optim.clip_grad_norm clips the encoder's alone, the gradient that VICReg makes.
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        max_norm = self.hparams.optim["clip_grad_norm"]
+        if max_norm is not None:
+            encoder = [p for module in (self.backbone, self.expander) for p in module.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(encoder, max_norm)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optim = self.hparams.optim

@@ -71,16 +71,29 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+def no_weight_decay_names(module: nn.Module) -> set[str]:
+    """Parameters that their own model exempts from weight decay by timm's convention: a submodule's
+    ``no_weight_decay()`` names (a ViT's position embedding and class token), as full names."""
+    names: set[str] = set()
+    for prefix, submodule in module.named_modules():
+        exempt = getattr(submodule, "no_weight_decay", None)
+        if callable(exempt):
+            names |= {f"{prefix}.{name}" if prefix else name for name in exempt()}
+    return names
+
+
 def encoder_param_groups(
     module: nn.Module, weight_decay: float, exclude_bias_and_norm: bool
 ) -> list[dict]:
-    """Split parameters into those with weight decay and LARS adaptation and the 1-D ones
-    (biases, BN weights) that the official code exempts from both."""
+    """Split parameters into those with weight decay and LARS adaptation and those that the
+    official code exempts from both: the 1-D ones (biases, norm weights), and with them the ones
+    the model itself names (:func:`no_weight_decay_names`: a ViT's position embedding, class token)."""
+    named_exempt = no_weight_decay_names(module) if exclude_bias_and_norm else set()
     regular, exempt = [], []
-    for p in module.parameters():
+    for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        (exempt if exclude_bias_and_norm and p.ndim == 1 else regular).append(p)
+        (exempt if exclude_bias_and_norm and (p.ndim <= 1 or name in named_exempt) else regular).append(p)
     groups = [{"params": regular, "weight_decay": weight_decay, "lars_adaptation": True}]
     if exempt:
         groups.append({"params": exempt, "weight_decay": 0.0, "lars_adaptation": False})

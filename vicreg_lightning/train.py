@@ -13,12 +13,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from vicreg_lightning.callbacks.preemption import CheckpointOnPreemption
 from vicreg_lightning.checkpoint_io import AtomicCheckpointIO
+from vicreg_lightning.backbones import backbone_kind, uses_small_stem
 from vicreg_lightning.config import check_config, check_trainer_arguments, instantiate_entry
 from vicreg_lightning.data.catalog import inspect_data
 from vicreg_lightning.data.datamodule import VICRegDataModule, per_device_batch_size
 from vicreg_lightning.distributed import SyncBatchNormAnyDevice, one_job_of_many
 from vicreg_lightning.loggers import build_loggers, finish_loggers
-from vicreg_lightning.models import uses_small_stem
 from vicreg_lightning.module import VICRegModule
 from vicreg_lightning.patches import use_job_command_for_ddp_children
 from vicreg_lightning.resume import check_checkpoint, resolve_checkpoint
@@ -75,13 +75,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, verbose=False)
 
     datamodule = VICRegDataModule(cfg.data, cfg.augment, seed=cfg.seed or 0)
+    model = OmegaConf.to_container(cfg.model)
+    if backbone_kind(model["backbone"]) == "resnet":  # recorded as chosen, for the export
+        model["small_stem"] = uses_small_stem(model["small_stem"], cfg.augment.size)
     module = VICRegModule(
-        model={**OmegaConf.to_container(cfg.model),
-               "small_stem": uses_small_stem(cfg.model.small_stem, cfg.augment.size)},
+        model=model,
         loss=OmegaConf.to_container(cfg.loss),
         optim=OmegaConf.to_container(cfg.optim),
         num_classes=inspect_data(cfg.data),
         batch_size=cfg.data.batch_size,
+        image_size=cfg.augment.size,
+        local_crop_size=cfg.augment.local_size if cfg.augment.num_local_crops else None,
     )
     ckpt_path = resolve_checkpoint(cfg.ckpt_path, output_dir)
     if ckpt_path is not None:

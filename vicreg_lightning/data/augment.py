@@ -121,13 +121,15 @@ class ViewAugment:
     Crop-resize (area filter when shrinking, bicubic when enlarging), horizontal flip, colour
     jitter, grayscale, Gaussian blur (``blur_kernel_size`` taps, reflected border, as torchvision's),
     solarisation, with torchvision's parameter distributions; ``view`` gives the blur and
-    solarisation probabilities. The result's memory is channels-last (``H, W, C``), as OpenCV
+    solarisation probabilities; ``local``: a multi-crop local view (``augment.local_size``,
+    ``augment.local_crop_scale``). The result's memory is channels-last (``H, W, C``), as OpenCV
     writes it.
     """
 
-    def __init__(self, aug: Any, view: Any) -> None:
-        self.size = int(aug.size)
-        self.scale, self.ratio = tuple(aug.crop_scale), tuple(aug.crop_ratio)
+    def __init__(self, aug: Any, view: Any, local: bool = False) -> None:
+        # A local crop (multi-crop) is smaller and cut from a smaller share of the image.
+        self.size = int(aug.local_size if local else aug.size)
+        self.scale, self.ratio = tuple(aug.local_crop_scale if local else aug.crop_scale), tuple(aug.crop_ratio)
         self.hflip_prob, self.jitter_prob, self.grayscale_prob = aug.hflip_prob, aug.jitter_prob, aug.grayscale_prob
         self.jitter = (aug.brightness, aug.contrast, aug.saturation, aug.hue)
         self.blur_sigma, self.blur_kernel_size = tuple(aug.blur_sigma), int(aug.blur_kernel_size)
@@ -159,18 +161,19 @@ class ViewAugment:
         return torch.from_numpy(out).permute(2, 0, 1)
 
 
-class TwoViews:
-    """Both views of one decoded image, uint8: ``(image, epoch, index) -> (view_a, view_b)``, each
-    view drawn from its own :func:`view_generator` of ``(seed, epoch, index, view)``."""
+class Views:
+    """Every view of one decoded image, uint8: ``(image, epoch, index) -> (view_a, view_b, *local)``,
+    the two views of the recipe and ``augment.num_local_crops`` local crops, each drawn from its own
+    :func:`view_generator` of ``(seed, epoch, index, view)``."""
 
     def __init__(self, aug: Any, seed: int) -> None:
-        self.view_a = ViewAugment(aug, aug.view_a)
-        self.view_b = ViewAugment(aug, aug.view_b)
+        self.views = [ViewAugment(aug, aug.view_a), ViewAugment(aug, aug.view_b),
+                      *(ViewAugment(aug, aug.view_local, local=True) for _ in range(aug.num_local_crops))]
         self.seed = seed
 
-    def __call__(self, image: Tensor, epoch: int, index: int) -> tuple[Tensor, Tensor]:
-        return (self.view_a(image, view_generator(self.seed, epoch, index, 0)),
-                self.view_b(image, view_generator(self.seed, epoch, index, 1)))
+    def __call__(self, image: Tensor, epoch: int, index: int) -> tuple[Tensor, ...]:
+        return tuple(view(image, view_generator(self.seed, epoch, index, number))
+                     for number, view in enumerate(self.views))
 
 
 def _to_float(aug: Any) -> list[v2.Transform]:
@@ -230,20 +233,22 @@ class Normalize(nn.Module):
 
 
 class BatchViewAugment(nn.Module):
-    """One view of the recipe on a whole uint8 batch on its device (kornia), every sample with its own
-    random parameters and the probabilities of the CPU path; returns normalised float32.
+    """One view of the recipe (or a local crop) on a whole uint8 batch on its device (kornia), every
+    sample with its own random parameters and the probabilities of the CPU path; returns normalised
+    float32.
 
     The crop is bicubic (kornia's ``RandomResizedCrop`` draws torchvision's distribution);
     colour jitter is kornia's ``ColorJitter``, torchvision's formulas in a random order per call.
     """
 
-    def __init__(self, aug: Any, view: Any) -> None:
+    def __init__(self, aug: Any, view: Any, local: bool = False) -> None:
         super().__init__()
         import kornia.augmentation as K
 
         threshold = aug.solarize_threshold / 255.0
+        size, scale = (aug.local_size, aug.local_crop_scale) if local else (aug.size, aug.crop_scale)
         self.augment = nn.Sequential(
-            K.RandomResizedCrop((aug.size, aug.size), scale=tuple(aug.crop_scale), ratio=tuple(aug.crop_ratio),
+            K.RandomResizedCrop((size, size), scale=tuple(scale), ratio=tuple(aug.crop_ratio),
                                 resample="BICUBIC", align_corners=False),
             K.RandomHorizontalFlip(p=aug.hflip_prob),
             K.ColorJitter(aug.brightness, aug.contrast, aug.saturation, aug.hue, p=aug.jitter_prob),
@@ -258,3 +263,9 @@ class BatchViewAugment(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.normalize(self.augment(images.float() / 255.0).clamp_(0.0, 1.0))
+
+
+def device_views(aug: Any) -> nn.ModuleList:
+    """:class:`BatchViewAugment` for each view :class:`Views` makes, in the same order."""
+    return nn.ModuleList([BatchViewAugment(aug, aug.view_a), BatchViewAugment(aug, aug.view_b),
+                          *(BatchViewAugment(aug, aug.view_local, local=True) for _ in range(aug.num_local_crops))])

@@ -10,10 +10,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from vicreg_lightning.data.augment import BatchViewAugment, Normalize, SameSize, TwoViews, eval_transform
+from vicreg_lightning.data.augment import Normalize, SameSize, Views, device_views, eval_transform
 from vicreg_lightning.data.datasets import KeyedSamples, TensorImages, Transformed, build_datasets
 from vicreg_lightning.data.sampler import EpochSampler
 from vicreg_lightning.errors import ConfigError, DataError
@@ -53,13 +52,13 @@ def default_num_workers() -> int:
 
 
 class VICRegDataModule(pl.LightningDataModule):
-    """Yields ``((view_a, view_b), label)`` batches for training and ``(image, label)`` for
-    validation. ``data.batch_size`` is the global batch: each of the trainer's ranks loads
+    """Yields ``((view_a, view_b, *local_crops), label)`` batches for training (``augment.num_local_crops``
+    local crops, none by default) and ``(image, label)`` for validation. ``data.batch_size`` is the global batch: each of the trainer's ranks loads
     ``batch_size / world_size`` samples per step.
 
     The training order is a function of ``seed`` and the epoch alone (:class:`EpochSampler`), and so
     are the views: each view's random draws come from ``(seed, epoch, sample index, view)``
-    (:class:`~vicreg_lightning.data.augment.TwoViews`). A sample's views are therefore the same
+    (:class:`~vicreg_lightning.data.augment.Views`). A sample's views are therefore the same
     whatever the number of loader workers or devices, and a run resumed from any checkpoint, at an
     epoch's end or within one, sees exactly the batches an uninterrupted run would. Validation gives
     every image to exactly one rank (no padding), so the synchronised probe metrics equal a single
@@ -120,11 +119,11 @@ class VICRegDataModule(pl.LightningDataModule):
                     f"augment.on_device=true with data={self.data_cfg.name}: stored images of many sizes "
                     "cannot be batched before cropping; set augment.device_source_size (e.g. 256)"
                 )
-            # One stored image per sample; both views are cut from it on the device.
+            # One stored image per sample; every view is cut from it on the device.
             self.train_set = KeyedSamples(train, SameSize(aug))
-            self.device_views = nn.ModuleList([BatchViewAugment(aug, aug.view_a), BatchViewAugment(aug, aug.view_b)])
+            self.device_views = device_views(aug)
         else:
-            self.train_set = KeyedSamples(train, TwoViews(aug, self.seed))
+            self.train_set = KeyedSamples(train, Views(aug, self.seed))
         self.normalize = Normalize(aug.mean, aug.std)
         self.val_set = Transformed(val, eval_transform(aug))
 
@@ -137,7 +136,7 @@ class VICRegDataModule(pl.LightningDataModule):
             return tuple(normalize(view) for view in images), labels
         if images.dtype == torch.uint8:
             views = self.device_views.to(images.device)
-            return (views[0](images), views[1](images)), labels
+            return tuple(view(images) for view in views), labels
         return batch
 
     @property

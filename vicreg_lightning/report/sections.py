@@ -233,7 +233,8 @@ def write_report(encoder: LoadedEncoder, out: Path, options: ReportOptions) -> d
 
     val, train = represent(val_set), represent(train_set)
     spaces = {space: x for space in SPACES if (x := val.space(space)) is not None}
-    architecture = ", ".join(f"{k}={encoder.info[k]}" for k in ("arch", "small_stem", "expander") if k in encoder.info)
+    architecture = ", ".join(f"{k}={encoder.info[k]}" for k in ("arch", "backbone_kwargs", "pool", "small_stem", "expander")
+                             if encoder.info.get(k) not in (None, {}))
     doc = Document(f"Representation report: {encoder.source}")
     doc.text(f"Weights: `{encoder.source}`, loaded with {encoder.loaded_with} "
              f"({architecture or 'architecture unknown'}). Data: `{data.name}`, {len(val.labels)} validation and "
@@ -242,7 +243,8 @@ def write_report(encoder: LoadedEncoder, out: Path, options: ReportOptions) -> d
     metrics = encoder.info.get("metrics") or {}
     numbers: dict[str, Any] = {
         "source": str(encoder.source), "loaded_with": encoder.loaded_with, "data": data.name,
-        "architecture": {k: encoder.info.get(k) for k in ("arch", "small_stem", "zero_init_residual", "expander")},
+        "architecture": {k: encoder.info.get(k) for k in ("arch", "backbone_kwargs", "pool", "image_size", "small_stem",
+                                                          "zero_init_residual", "expander")},
         "val_samples": len(val.labels), "train_samples": len(train.labels), "device": str(device),
         "health": _health_section(doc, spaces, stats_device, out),
         "linear_probe": _probe_section(doc, train, val, spaces, names, metrics.get("val/probe_acc1"),

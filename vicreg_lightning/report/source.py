@@ -16,9 +16,8 @@ from torch.utils.data import Dataset, Subset
 
 from vicreg_lightning.config import check_sections
 from vicreg_lightning.errors import UserError
-from vicreg_lightning.export import load_encoder
+from vicreg_lightning.export import build_from_info, load_encoder
 from vicreg_lightning.features import Features, extract_features, make_loader
-from vicreg_lightning.models import build_backbone, build_expander
 from vicreg_lightning.run_dir import run_dir_of
 
 SPACES: tuple[str, ...] = ("features", "embeddings")
@@ -85,13 +84,11 @@ def load_for_report(source: Path, data_name: str | None = None, data_root: str |
 
 def untrained_twin(info: dict[str, Any], seed: int = 0) -> tuple[nn.Module, nn.Module]:
     """A randomly initialised backbone and expander of the architecture ``info`` describes
-    (``arch``, ``small_stem``, ``zero_init_residual``, ``expander``), seeded, in eval mode."""
+    (``vicreg.json``), seeded, in eval mode."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        backbone, feature_dim = build_backbone(info["arch"], bool(info["small_stem"]),
-                                               info.get("zero_init_residual", True))
-        expander = build_expander(feature_dim, info["expander"])
-    return backbone.eval(), expander.eval()
+        backbone, expander = build_from_info(info)
+    return backbone.module.eval(), expander.eval()
 
 
 # ---------------------------------------------------------------------------------------------- features
