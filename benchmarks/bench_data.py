@@ -152,14 +152,18 @@ def device_samples_per_s(paths: list[str], size: int, device: str, repeats: int)
     return statistics.median(rates[1:])
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--root", type=Path, default=None)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
     torch.set_num_threads(1)  # one loader worker's share of the machine
     random.seed(0), np.random.seed(0), torch.manual_seed(0)
 

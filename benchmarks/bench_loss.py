@@ -130,26 +130,38 @@ def peak_bytes(name: str, n: int, d: int, device: str) -> float:
     return value
 
 
-def main() -> None:
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        n, d = (int(v) for v in text.split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NxD, e.g. 256x8192") from None
+    return n, d
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--shapes", nargs="*", default=[f"{n}x{d}" for n, d in SHAPES])
-    args = parser.parse_args()
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+    parser.add_argument("--shapes", nargs="*", type=_shape, default=SHAPES)
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
+    shapes = args.shapes
 
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"VICReg loss forward+backward, float32, {device_name}, torch {torch.__version__}")
-    print(f"{'N':>6} {'D':>6} | {'official s':>10} {'ours s':>8} {'speed-up':>8} | "
-          f"{'official MiB':>12} {'ours MiB':>9} {'mem ratio':>9} | form")
+    print("| N | D | official s | ours s | speed-up | official MiB | ours MiB | memory ratio | our form |\n"
+          "|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for n, d in shapes:
         seconds = time_both(n, d, args.device, args.repeats)
         t_off, t_ours = seconds["official"], seconds["ours"]
         m_off = peak_bytes("official", n, d, args.device) / 2**20
         m_ours = peak_bytes("ours", n, d, args.device) / 2**20
         form = "N×N Gram" if n < d else "D×D"
-        print(f"{n:>6} {d:>6} | {t_off:>10.4f} {t_ours:>8.4f} {t_off / t_ours:>7.1f}x | "
-              f"{m_off:>12.0f} {m_ours:>9.0f} {m_off / max(m_ours, 1e-9):>8.1f}x | {form}")
+        print(f"| {n} | {d} | {t_off:.4f} | {t_ours:.4f} | **{t_off / t_ours:.1f}×** | {m_off:.0f} | {m_ours:.0f} "
+              f"| {m_off / max(m_ours, 1e-9):.1f}× | {form} |")
 
 
 if __name__ == "__main__":

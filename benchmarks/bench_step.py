@@ -2,6 +2,7 @@
 
     python benchmarks/bench_step.py [--backbone resnet18] [--size 32] [--batch 256] [--steps 12]
     python benchmarks/bench_step.py --device cuda --backbone resnet50 --size 224 --expander 8192-8192-8192
+    python benchmarks/bench_step.py --micro-batch-size 64 [--backbone timm:vit_tiny_patch16_224 ...]
 
 The bare loop runs the same backbone, expander, loss, optimiser (LARS) and LR schedule on the same
 batch of two views, with no Lightning and no probe: the ratio bare time / our time is the
@@ -24,8 +25,11 @@ the backbone's forward+backward.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import statistics
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -41,6 +45,7 @@ from vicreg_lightning.backbones import uses_small_stem  # noqa: E402
 from vicreg_lightning.config import preset  # noqa: E402
 from vicreg_lightning.module import VICRegModule  # noqa: E402
 from vicreg_lightning.optim import build_optimizer, scaled_lr, warmup_cosine  # noqa: E402
+from vicreg_lightning.micro_batch import check_micro_batch_size  # noqa: E402
 
 # The shipped LARS preset and loss (official coefficients), with no warmup: every timed step at full lr.
 OPTIM = preset("optim", "lars", "warmup_epochs=0")
@@ -197,7 +202,90 @@ def backbone_share(args: argparse.Namespace, device: torch.device, steps: int, p
     return statistics.median(times[1:])
 
 
-def main() -> None:
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _micro_batch_child(args: argparse.Namespace, micro_batch_size: int | None, queue: Any) -> None:
+    """One configuration in a fresh process: ``args.steps`` timed steps after one warm-up step;
+    puts (step seconds, peak bytes over the memory held before the steps)."""
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    module = VICRegModule(model_config(args), LOSS, OPTIM, num_classes=10, batch_size=args.batch,
+                          image_size=args.size, micro_batch_size=micro_batch_size).to(device)
+    optimizer = build_optimizer(
+        OPTIM["name"], encoder=nn.ModuleList([module.backbone, module.expander]), probe=module.probe,
+        lr=scaled_lr(OPTIM["base_lr"], args.batch), probe_lr=OPTIM["probe_lr"], weight_decay=OPTIM["weight_decay"],
+        momentum=OPTIM["momentum"], eta=OPTIM["eta"], betas=tuple(OPTIM["betas"]),
+        exclude_bias_and_norm=OPTIM["exclude_bias_and_norm"])
+    views = two_views(args, device)
+    labels = torch.randint(0, 10, (args.batch,), device=device)
+
+    def step() -> None:
+        loss, _ = module.step_loss(views, labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+
+    step()  # warm-up: the optimiser's state exists from here on, in both configurations
+    base, peak, done = _resident_bytes(), [0], threading.Event()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _resident_bytes())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    if device.type == "cpu":
+        sampler.start()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    done.set()
+    if device.type == "cpu":
+        sampler.join()
+        grown = max(peak[0], _resident_bytes()) - base
+    else:
+        grown = torch.cuda.max_memory_allocated() - base
+    queue.put((statistics.median(times), grown))
+
+
+def micro_batch_table(args: argparse.Namespace) -> None:
+    """One pass against micro-batches of ``args.micro_batch_size``, alternating fresh processes."""
+    check_micro_batch_size(args.micro_batch_size, args.batch)
+    # Fork (CPU, where the parent has run no torch kernel yet) starts a child in a moment; CUDA
+    # cannot be forked into.
+    fork = args.device == "cpu" and "fork" in multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if fork else "spawn")
+    results: dict[int | None, list[tuple[float, int]]] = {None: [], args.micro_batch_size: []}
+    for _ in range(args.rounds):
+        for micro in results:
+            queue = context.Queue()
+            child = context.Process(target=_micro_batch_child, args=(args, micro, queue))
+            child.start()
+            results[micro].append(queue.get())
+            child.join()
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    print(f"{args.backbone}, {args.size} px, batch {args.batch} (two views), expander {args.expander}; "
+          f"torch {torch.__version__}, {name}, {torch.get_num_threads()} threads; {args.steps} steps x {args.rounds} "
+          "fresh processes per row")
+    print("| step | median s/step | × one pass | peak MiB over weights and batch | × one pass |\n|---|---:|---:|---:|---:|")
+    one_time = statistics.median(t for t, _ in results[None])
+    one_peak = max(p for _, p in results[None])
+    for micro, measured in results.items():
+        label = "one pass" if micro is None else f"micro-batches of {micro}"
+        time_s, peak = statistics.median(t for t, _ in measured), max(p for _, p in measured)
+        print(f"| {label} | {time_s:.3f} | **{time_s / one_time:.2f}** | {peak / 2**20:.0f} | **{peak / one_peak:.2f}** |")
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--size", type=int, default=32)
@@ -205,7 +293,17 @@ def main() -> None:
     parser.add_argument("--expander", default="2048-2048-2048")
     parser.add_argument("--steps", type=int, default=12, help="timed pairs per row, after the warm-up steps")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    args = parser.parse_args()
+    parser.add_argument("--micro-batch-size", type=int, default=None,
+                        help="compare micro-batches of this many samples with one pass (time, peak memory)")
+    parser.add_argument("--rounds", type=int, default=2, help="--micro-batch-size: fresh processes per configuration")
+    return parser
+
+
+def main() -> None:
+    args = parser().parse_args()
+    if args.micro_batch_size is not None:
+        micro_batch_table(args)
+        return
     device = torch.device(args.device)
 
     rows = [("ours: Lightning, probe, metrics (fp32)", paired_run(args, device, warmup=1))]

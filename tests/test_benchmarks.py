@@ -3,6 +3,7 @@ timing; the figures in the README come from full runs)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -34,6 +35,33 @@ def test_bench_step_pairs_every_timed_step_with_a_bare_step():
     assert ratio == pytest.approx(samples_per_s / bare_samples_per_s, rel=0.02)
     low, high = (float(x) for x in re.split("–", cells[6]))
     assert 0 < low <= float(cells[5]) <= high
+
+
+def test_bench_step_compares_micro_batches_with_one_pass():
+    output = run_benchmark("bench_step.py", "--backbone", "resnet10", "--batch", "8", "--size", "16", "--expander", "64-64",
+                           "--steps", "2", "--micro-batch-size", "2", "--rounds", "1")
+    rows = table_rows(output)
+    assert list(rows) == ["one pass", "micro-batches of 2"]
+    assert rows["one pass"][1] == "**1.00**" and rows["one pass"][3] == "**1.00**"
+    seconds, ratio = float(rows["micro-batches of 2"][0]), float(rows["micro-batches of 2"][1].strip("*"))
+    assert ratio == pytest.approx(seconds / float(rows["one pass"][0]), rel=0.05)
+
+
+def test_the_gpu_suite_dry_run_parses_every_command_it_would_run():
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh")], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env={**os.environ, "GPU_SUITE_DRY": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checked = [line for line in proc.stdout.splitlines() if line.startswith("ok: python benchmarks/")]
+    assert len(checked) == 6 and any("--micro-batch-size 64" in line for line in checked)
+    # The check can fail: an argument a script does not take is refused, naming it.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from parse_commands import check
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    with pytest.raises(SystemExit) as refused:
+        check("benchmarks/bench_loss.py --shapes 256by8192")
+    assert refused.value.code == 2
 
 
 def test_bench_data_compares_our_pipeline_with_the_official_one():

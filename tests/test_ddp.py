@@ -55,11 +55,14 @@ def test_two_devices_train_like_one_on_the_same_global_batch(tiny_ddp_run, tmp_p
     assert max_difference(weights(one), weights(two_unsynced)) > 100 * TOLERANCE
 
 
-def test_a_vit_trains_on_two_devices_like_on_one(tiny_vit_run, tmp_path):
+@pytest.mark.parametrize("micro_batch_size", ["null", "8"], ids=["one-pass", "2-micro-batches-per-rank"])
+def test_a_vit_trains_on_two_devices_like_on_one(tiny_vit_run, tmp_path, micro_batch_size):
     """No SyncBatchNorm in the ViT (it has none; the expander's is synced) and no search for unused
-    parameters: 2 gloo ranks give the one-process weights."""
+    parameters: 2 gloo ranks give the one-process weights; so do 2 ranks that each encode their 16
+    samples in 2 micro-batches (each rank's own samples, against the one process's whole batch)."""
     two = tmp_path / "two"
-    metrics = finished(train(*TINY_RUN, *TINY_VIT, *DDP, f"hydra.run.dir={two}"), two)
+    metrics = finished(train(*TINY_RUN, *TINY_VIT, *DDP, f"data.micro_batch_size={micro_batch_size}",
+                             f"hydra.run.dir={two}"), two)
     assert metrics["step"] == 2
     difference = max_difference(weights(tiny_vit_run), weights(two))
     assert difference < TOLERANCE, f"ViT, devices=2 vs devices=1: max parameter difference {difference:.2e}"

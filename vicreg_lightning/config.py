@@ -1,15 +1,12 @@
 """The config schema of ``train.py`` and its checks.
 
 The schema says what each key is (its type); the YAML under ``conf/`` is the only place a value is
-written, so no field here has a default (``MISSING``). :func:`register_schemas` gives Hydra's
-ConfigStore one structured config per group (``schema/<group>``, a group of its own, so that it is
-not an option of the group it describes): each preset of ``conf/`` starts from it
-(``defaults: [/schema/<group>@_here_, ...]``), so Hydra checks every key and type as it composes,
-and a preset of the user's own (``--config-dir``) can do the same. :func:`check_config` then checks the
-whole composed config: the root keys, no value left out (``???``), and each section's values
-(:func:`check_sections`, also used by the tools that read a training run's data: eval, the report),
-naming the key and what it should be. It changes nothing, and runs before any data is read or any
-model is built.
+written, so no field here has a default (``MISSING``). :func:`register_schemas` registers one
+structured config per group as ``schema/<group>``, which each preset of ``conf/`` starts from
+(``defaults: [/schema/<group>@_here_, ...]``): Hydra checks every key and type as it composes.
+:func:`check_config` then checks the whole composed config: the root keys, no value left out
+(``???``), and each section's values (:func:`check_sections`, also used by eval and the report),
+naming the key and what it should be. It changes nothing, and runs before any data is read.
 """
 
 from __future__ import annotations
@@ -31,8 +28,7 @@ from vicreg_lightning.backbones import POOLS, backbone_kind
 from vicreg_lightning.models import parse_expander_spec
 from vicreg_lightning.optim import OPTIMIZERS
 
-# How the two views go through backbone and expander (vicreg_lightning.module.VICRegModule).
-VIEWS_FORWARD = ("auto", "separate", "concat")
+VIEWS_FORWARD = ("auto", "separate", "concat")  # model.views_forward (vicreg_lightning.module.VICRegModule)
 
 
 @dataclass
@@ -81,6 +77,7 @@ class DataConfig:
     root: str = MISSING
     download: bool = MISSING
     batch_size: int = MISSING  # global: split over devices and nodes
+    micro_batch_size: Optional[int] = MISSING  # per device, None: one pass; exact but a backbone's BatchNorm (micro_batch.py)
     num_workers: int = MISSING  # -1: chosen from the CPU count
     pin_memory: bool = MISSING
     persistent_workers: bool = MISSING
@@ -175,15 +172,22 @@ def register_schemas() -> None:
 
 
 def preset(group: str, option: str, *changes: str) -> dict[str, Any]:
-    """``conf/<group>/<option>.yaml`` as Hydra composes it (its defaults list followed, interpolations
-    resolved), with ``changes`` (``key=value`` within the group): a plain dict, for building parts
-    in Python (``VICRegModule(model=preset("model", "resnet18"), ...)``)."""
-    from hydra import compose, initialize_config_module
+    """``conf/<group>/<option>.yaml`` as composed, with ``changes`` (``key=value`` within the group),
+    resolved to a plain dict for building parts (``VICRegModule(model=preset("model", "resnet18"), ...)``)."""
+    cfg = compose_train_config("~experiment", f"{group}={option}", *(f"{group}.{change}" for change in changes))
+    return OmegaConf.to_container(cfg[group], resolve=True)
 
-    overrides = ["~experiment", f"{group}={option}", *(f"{group}.{change}" for change in changes),
-                 "paths.output_dir=unused"]
+
+def compose_train_config(*overrides: str) -> DictConfig:
+    """``conf/train.yaml`` with ``overrides`` as Hydra composes it, also inside a Hydra job."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [*overrides, "paths.output_dir=unused"]
+    if GlobalHydra.instance().is_initialized():  # eval.py, train.py: their search path holds conf/
+        return compose("train", overrides=overrides)
     with initialize_config_module("vicreg_lightning.conf", version_base="1.3"):
-        return OmegaConf.to_container(compose("train", overrides=overrides)[group], resolve=True)
+        return compose("train", overrides=overrides)
 
 
 def merge_into(schema: type, cfg: Any, prefix: str = "") -> DictConfig:
@@ -290,6 +294,8 @@ def _check_data(data: DictConfig) -> None:
         data.batch_size >= 2, "data.batch_size", data.batch_size,
         "an integer >= 2 (VICReg's variance and covariance need at least 2 samples per batch)",
     )
+    require_value(data.micro_batch_size is None or data.micro_batch_size >= 1, "data.micro_batch_size",
+                  data.micro_batch_size, "null (one pass) or a divisor >= 1 of the per-device batch")
     require_value(data.num_workers >= -1, "data.num_workers", data.num_workers, "-1 (auto) or an integer >= 0")
     require_value(data.prefetch_factor >= 1, "data.prefetch_factor", data.prefetch_factor, "an integer >= 1")
     require_value(0.0 < data.val_fraction < 1.0, "data.val_fraction", data.val_fraction, "a fraction in (0, 1)")
@@ -379,8 +385,7 @@ def _check_schedule(optim: DictConfig, trainer: DictConfig) -> None:
                   f"at most trainer.max_epochs ({max_epochs}) epochs; lower it for a short run")
 
 
-# Each group's schema and the check of its values.
-SECTIONS: dict[str, tuple[type, Callable[[DictConfig], None]]] = {
+SECTIONS: dict[str, tuple[type, Callable[[DictConfig], None]]] = {  # each group's schema and value check
     "data": (DataConfig, _check_data),
     "augment": (AugmentConfig, _check_augment),
     "model": (ModelConfig, _check_model),

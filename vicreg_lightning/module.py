@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import torch
@@ -16,6 +17,7 @@ from vicreg_lightning.backbones import build_backbone, is_convnet, load_init_wei
 from vicreg_lightning.data.catalog import UNLABELED
 from vicreg_lightning.divergence import DivergenceWatch
 from vicreg_lightning.loss import VICRegLoss, VICRegLossOutput
+from vicreg_lightning.micro_batch import micro_batched_step
 from vicreg_lightning.models import build_expander
 from vicreg_lightning.optim import build_optimizer, scaled_lr, warmup_cosine
 from vicreg_lightning.resume import capture_rng_states, restore_rng_states
@@ -28,6 +30,17 @@ def resolve_views_forward(mode: str, *modules: nn.Module) -> str:
         return mode
     batch_statistics = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for module in modules for m in module.modules())
     return "separate" if batch_statistics else "concat"
+
+
+class StepOutputs(NamedTuple):
+    """What a training step logs, besides its loss."""
+
+    terms: VICRegLossOutput
+    z_a: Tensor
+    z_b: Tensor
+    logits: Tensor  # the probe's, on both views' features
+    probe_loss: Tensor
+    labels: Tensor  # both views' labels
 
 
 class VICRegModule(pl.LightningModule):
@@ -46,7 +59,9 @@ class VICRegModule(pl.LightningModule):
     of their own, after the two views; the probe reads the two views' features only.
     ``model.channels_last`` (default: when CUDA is available and the backbone is a convolutional
     network) stores the backbone's convolutions channels-last, and ``model.compile`` compiles the
-    backbone with ``torch.compile``.
+    backbone with ``torch.compile``. ``micro_batch_size`` (``data.micro_batch_size``) runs the
+    backbone on micro-batches of that many samples and everything after it on the whole batch
+    (:mod:`vicreg_lightning.micro_batch`: exact for backbones without batch statistics).
 
     Args:
         model: the ``conf/model`` section (backbone, expander, speed settings).
@@ -56,6 +71,7 @@ class VICRegModule(pl.LightningModule):
         batch_size: the global batch, for ``lr = base_lr · batch / 256``.
         image_size: the views' crop size (``augment.size``), which some backbones are built for.
         local_crop_size: the local crops' size (``augment.local_size``) when there are any, else None.
+        micro_batch_size: samples per backbone pass (``data.micro_batch_size``); None: the whole batch.
     """
 
     def __init__(
@@ -67,6 +83,7 @@ class VICRegModule(pl.LightningModule):
         batch_size: int,
         image_size: int,
         local_crop_size: int | None = None,
+        micro_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -76,6 +93,7 @@ class VICRegModule(pl.LightningModule):
             load_init_weights(self.backbone, model["init_weights"], built.arch)
         self.expander = build_expander(self.feature_dim, model["expander"])
         self.views_forward = resolve_views_forward(model["views_forward"], self.backbone, self.expander)
+        self.micro_batch_size = micro_batch_size
         # Decided here, before Lightning moves the model and wraps it (DDP): .to(device) keeps it.
         channels_last = model["channels_last"]
         if channels_last is None:
@@ -108,21 +126,28 @@ class VICRegModule(pl.LightningModule):
     def _memory_format(self, images: Tensor) -> Tensor:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
-    def embed_views(self, x_a: Tensor, x_b: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(f_a, f_b, z_a, z_b)``: backbone features and expander embeddings of both views."""
+    def encode(self, views: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """Backbone features of the two views (in one pass or two: ``views_forward``) and of the
+        local crops (all in one pass of their own)."""
+        x_a, x_b, *local_crops = views
         if self.views_forward == "concat":
-            features = self.backbone(self._memory_format(torch.cat([x_a, x_b])))
-            f_a, f_b = features.chunk(2)
-            z_a, z_b = self.expander(features).chunk(2)
-            return f_a, f_b, z_a, z_b
-        f_a, f_b = self.backbone(self._memory_format(x_a)), self.backbone(self._memory_format(x_b))
-        return f_a, f_b, self.expander(f_a), self.expander(f_b)
+            f_a, f_b = self.backbone(self._memory_format(torch.cat([x_a, x_b]))).chunk(2)
+        else:
+            f_a, f_b = self.backbone(self._memory_format(x_a)), self.backbone(self._memory_format(x_b))
+        if not local_crops:
+            return f_a, f_b
+        return f_a, f_b, *self.backbone(self._memory_format(torch.cat(local_crops))).chunk(len(local_crops))
 
-    def embed_local_crops(self, crops: list[Tensor]) -> list[Tensor]:
-        """Expander embeddings of the local crops, all crops in one pass."""
-        if not crops:
-            return []
-        return list(self.expander(self.backbone(self._memory_format(torch.cat(crops)))).chunk(len(crops)))
+    def expand(self, features: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """Expander embeddings of :meth:`encode`'s features, the views as the backbone saw them."""
+        f_a, f_b, *f_local = features
+        if self.views_forward == "concat":
+            z_a, z_b = self.expander(torch.cat([f_a, f_b])).chunk(2)
+        else:
+            z_a, z_b = self.expander(f_a), self.expander(f_b)
+        if not f_local:
+            return z_a, z_b
+        return z_a, z_b, *self.expander(torch.cat(f_local)).chunk(len(f_local))
 
     def _probe_loss(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.probe(features.detach())
@@ -131,18 +156,30 @@ class VICRegModule(pl.LightningModule):
         loss = F.cross_entropy(logits, labels, ignore_index=UNLABELED, reduction="sum") / labelled.clamp(min=1)
         return logits, loss
 
-    def training_step(self, batch: tuple[tuple[Tensor, ...], Tensor], batch_idx: int) -> Tensor:
-        (x_a, x_b, *local_crops), labels = batch
-        f_a, f_b, z_a, z_b = self.embed_views(x_a, x_b)
-        terms = self.criterion(z_a, z_b, *self.embed_local_crops(local_crops))
-        self.divergence.update(self.global_step, terms.invariance, terms.variance, terms.covariance)
-
+    def _objective(self, features: tuple[Tensor, ...], labels: Tensor) -> tuple[Tensor, StepOutputs]:
+        """VICReg on the expanded features plus the probe's loss on the two views' features."""
+        z_a, z_b, *z_local = self.expand(features)
+        terms = self.criterion(z_a, z_b, *z_local)
         both_labels = torch.cat([labels, labels])
-        logits, probe_loss = self._probe_loss(torch.cat([f_a, f_b]), both_labels)
+        logits, probe_loss = self._probe_loss(torch.cat(features[:2]), both_labels)
+        return terms.loss + probe_loss, StepOutputs(terms, z_a, z_b, logits, probe_loss, both_labels)
+
+    def step_loss(self, views: tuple[Tensor, ...], labels: Tensor) -> tuple[Tensor, StepOutputs]:
+        """The loss a training step back-propagates, in one pass or in micro-batches."""
+        objective = partial(self._objective, labels=labels)
+        if self.micro_batch_size is None:
+            return objective(self.encode(views))
+        return micro_batched_step(self.encode, views, self.micro_batch_size, objective, self.backbone,
+                                  [*self.expander.parameters(), *self.probe.parameters()])
+
+    def training_step(self, batch: tuple[tuple[Tensor, ...], Tensor], batch_idx: int) -> Tensor:
+        views, labels = batch
+        loss, out = self.step_loss(tuple(views), labels)
+        self.divergence.update(self.global_step, out.terms.invariance, out.terms.variance, out.terms.covariance)
         if self._logs_this_step():
             self.divergence.check(self.global_step)
-            self._log_training_step(terms, z_a, z_b, logits, probe_loss, both_labels)
-        return terms.loss + probe_loss
+            self._log_training_step(out)
+        return loss
 
     def _logs_this_step(self) -> bool:
         # Lightning's logging interval, and each epoch's last step (so the final values reach
@@ -150,9 +187,9 @@ class VICRegModule(pl.LightningModule):
         trainer = self.trainer
         return (self.global_step + 1) % max(1, trainer.log_every_n_steps) == 0 or trainer.is_last_batch
 
-    def _log_training_step(self, terms: VICRegLossOutput, z_a: Tensor, z_b: Tensor, logits: Tensor, probe_loss: Tensor,
-                           labels: Tensor) -> None:
-        std = torch.cat([z_a, z_b]).detach().float().std(dim=0)
+    def _log_training_step(self, out: StepOutputs) -> None:
+        terms = out.terms
+        std = torch.cat([out.z_a, out.z_b]).detach().float().std(dim=0)
         self.log_dict(
             {
                 "train/loss": terms.loss,
@@ -162,8 +199,8 @@ class VICRegModule(pl.LightningModule):
                 "train/invariance_weighted": self.criterion.sim_coeff * terms.invariance,
                 "train/variance_weighted": self.criterion.std_coeff * terms.variance,
                 "train/covariance_weighted": self.criterion.cov_coeff * terms.covariance,
-                "train/probe_loss": probe_loss,
-                "train/probe_acc1": self.train_probe_acc1(logits, labels),
+                "train/probe_loss": out.probe_loss,
+                "train/probe_acc1": self.train_probe_acc1(out.logits, out.labels),
                 "train/embed_std_mean": std.mean(),
                 "train/embed_std_min": std.min(),
             },

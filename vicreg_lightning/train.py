@@ -17,6 +17,7 @@ from vicreg_lightning.backbones import backbone_kind, uses_small_stem
 from vicreg_lightning.config import check_config, check_trainer_arguments, instantiate_entry
 from vicreg_lightning.data.catalog import inspect_data
 from vicreg_lightning.data.datamodule import VICRegDataModule, per_device_batch_size
+from vicreg_lightning.micro_batch import check_micro_batch_size
 from vicreg_lightning.distributed import SyncBatchNormAnyDevice, one_job_of_many
 from vicreg_lightning.loggers import build_loggers, finish_loggers
 from vicreg_lightning.module import VICRegModule
@@ -86,6 +87,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         batch_size=cfg.data.batch_size,
         image_size=cfg.augment.size,
         local_crop_size=cfg.augment.local_size if cfg.augment.num_local_crops else None,
+        micro_batch_size=cfg.data.micro_batch_size,
     )
     ckpt_path = resolve_checkpoint(cfg.ckpt_path, output_dir)
     if ckpt_path is not None:
@@ -97,7 +99,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     with one_job_of_many():
         trainer = build_trainer(cfg, loggers)
         try:
-            per_device_batch_size(cfg.data.batch_size, trainer.world_size)  # before DDP starts its processes
+            per_device = per_device_batch_size(cfg.data.batch_size, trainer.world_size)  # before DDP starts its processes
+            check_micro_batch_size(cfg.data.micro_batch_size, per_device)
             save_job_config(composed)  # once every check has passed; a resumed run keeps its own
             metrics = _fit(trainer, module, datamodule, ckpt_path, output_dir)
         except BaseException:

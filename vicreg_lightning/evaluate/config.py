@@ -139,4 +139,17 @@ def resolve_data(cfg: DictConfig, info: dict[str, Any]) -> tuple[DictConfig, Dic
                 f"directory, no '{name}' in vicreg.json); choose one with {name}=<option>"
             )
         sections[name] = OmegaConf.merge(trained or {}, asked)
-    return check_sections(**sections)
+    return check_run_sections(sections["data"], sections["augment"])
+
+
+def check_run_sections(data: Any, augment: Any) -> tuple[DictConfig, DictConfig]:
+    """A training run's ``data`` and ``augment`` checked as ``train.py`` checks them, keys it lacks
+    (a run older than them) taking the values ``data=<its data set>`` gives them today."""
+    from vicreg_lightning.config import compose_train_config
+    from vicreg_lightning.data.catalog import DATASETS
+
+    name = OmegaConf.select(OmegaConf.create(data), "name") if data else None
+    if name in DATASETS:
+        current = compose_train_config("~experiment", f"data={name}")
+        data, augment = OmegaConf.merge(current.data, data), OmegaConf.merge(current.augment, augment or {})
+    return check_sections(data=data, augment=augment)

@@ -14,8 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from vicreg_lightning.config import check_sections
 from vicreg_lightning.errors import UserError
+from vicreg_lightning.evaluate.config import check_run_sections
 from vicreg_lightning.export import build_from_info, load_encoder
 from vicreg_lightning.features import Features, extract_features, make_loader
 from vicreg_lightning.run_dir import run_dir_of
@@ -58,7 +58,7 @@ def _checked_sections(info: dict[str, Any], source: Path, data_name: str | None,
             "in its run directory, none in vicreg.json); pass a checkpoint inside its run directory"
         )
     data = OmegaConf.merge(info["data"], {k: v for k, v in (("name", data_name), ("root", data_root)) if v})
-    return check_sections(data=data, augment=info["augment"])
+    return check_run_sections(data, info["augment"])
 
 
 def load_for_report(source: Path, data_name: str | None = None, data_root: str | None = None) -> LoadedEncoder:
