@@ -1,5 +1,5 @@
-"""The report itself: its options, its four sections (spectrum and health, linear probe and map,
-augmentation recipe and invariance, stability across groups) and :func:`write_report`, which
+"""The report itself: its options, its five sections (spectrum and health, linear probe and map,
+augmentation recipe and invariance, what is discarded, stability across groups) and :func:`write_report`, which
 evaluates an encoder and writes the figures, ``report.md``, ``report.html`` and ``report.json``."""
 
 from __future__ import annotations
@@ -40,6 +40,14 @@ from vicreg_lightning.report.figures import (
     _plot_std_hist,
 )
 from vicreg_lightning.metrics.groups import OUTLIER_NUM_STD
+from vicreg_lightning.report.discarded import (
+    DISCARDED_BELOW,
+    KEPT_MIN,
+    attributes_of_recipe,
+    discarded_information,
+    reference_images,
+    representations,
+)
 from vicreg_lightning.report.groups import group_stability
 from vicreg_lightning.report.invariance import Encoder, measure_invariance, training_recipe
 from vicreg_lightning.report.probes import KNN_K, KNN_TEMPERATURE, _knn_correct, linear_probe, two_d_map
@@ -167,6 +175,35 @@ def _invariance_section(doc: Document, encoder: LoadedEncoder, images: Dataset, 
             "invariance_untrained": {f: asdict(v) for f, v in baseline.items()} if baseline else None}
 
 
+def _discarded_section(doc: Document, encoder: LoadedEncoder, images: Dataset, options: ReportOptions,
+                       device: torch.device) -> dict[str, Any]:
+    doc.heading("What is discarded: linear read-outs of each nuisance attribute")
+    aug = encoder.augment
+    reference, labels = reference_images(images, aug, options.invariance_samples)
+    greyscale = bool((reference[:, :1] == reference[:, 1:]).all())  # saturation and hue mean nothing then
+    attributes = attributes_of_recipe([entry.family for entry in training_recipe(aug) if entry.trained], greyscale)
+    encoders: dict[str, Encoder] = {"trained": (encoder.backbone, encoder.expander)}
+    if options.baseline and _architecture_known(encoder.info):
+        backbone, _ = untrained_twin(encoder.info, options.seed)
+        encoders["untrained"] = (backbone, None)
+    spaces = representations(encoders, aug, device, options.batch_size)
+    labelled = labels != UNLABELED
+    table = discarded_information(spaces, reference, labels if bool(labelled.all()) else None, attributes,
+                                  options.seed)
+    rows = [[attribute, row["pixels"]["metric"],
+             *[f"{_fmt(cell['score'])} ({cell['label']})" for cell in row.values()]] for attribute, row in table.items()]
+    doc.table(["attribute", "read-out", *spaces], rows)
+    doc.text(f"On {len(reference)} validation images, each made into one variant with a random value of the "
+             "attribute (brightness, contrast, saturation: factors; hue: shift; blur: Gaussian sigma in px; flip: "
+             "yes/no; crop scale: area kept; crop position: left to right), for the attributes the training recipe "
+             "varies. Read-out: ridge regression (R², continuous values; centred inputs) or logistic regression "
+             "(accuracy: flip, class; standardised inputs), 5-fold cross-validated. Decodability: R² clipped at 0, or accuracy "
+             f"rescaled so that chance is 0; kept ≥ {KEPT_MIN}, discarded < {DISCARDED_BELOW}, reduced between. "
+             "Pixels: the images average-pooled to at most 32 px. Untrained: the same architecture at random "
+             "initialisation.")
+    return {"attributes": attributes, "read_outs": table, "kept_min": KEPT_MIN, "discarded_below": DISCARDED_BELOW}
+
+
 def _groups_section(doc: Document, encoder: LoadedEncoder, train: Features, val: Features,
                     names: list[str], num_classes: int, options: ReportOptions, device: torch.device,
                     represent: Callable[[Dataset], Features], out: Path) -> list[dict[str, Any]]:
@@ -252,6 +289,8 @@ def write_report(encoder: LoadedEncoder, out: Path, options: ReportOptions) -> d
     }
     numbers.update(_invariance_section(doc, encoder, capped(val_set, options.invariance_samples, seed), list(spaces),
                                        options, device, workers, out))
+    numbers["discarded"] = _discarded_section(doc, encoder, capped(val_set, options.invariance_samples, seed), options,
+                                              device)
     numbers["groups"] = _groups_section(doc, encoder, train, val, names, num_classes, options, stats_device, represent,
                                         out)
     numbers["seconds"] = time.monotonic() - started

@@ -1,0 +1,64 @@
+"""What the encoder discards (vicreg_lightning/report/discarded.py): linear read-outs of planted
+attributes, where the right answer is known, and on the pretrained digits encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vicreg_lightning.report.discarded import ATTRIBUTES, discarded_information, reference_images, representations
+from vicreg_lightning.report.source import load_for_report
+
+
+def digits(count: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits as 16-px RGB images in [0, 0.7]: brightness factors up to 1.4 never clip."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = torch.tensor(data.images[:count] / 16 * 0.7, dtype=torch.float32)[:, None].repeat(1, 3, 1, 1)
+    return torch.nn.functional.interpolate(images, size=16, mode="bilinear"), torch.tensor(data.target[:count])
+
+
+def normalised_projection(images: torch.Tensor) -> torch.Tensor:
+    """Each image standardised over its own pixels, then a fixed random projection: blind to any
+    scaling of its intensity."""
+    flat = images.flatten(1)
+    flat = (flat - flat.mean(dim=1, keepdim=True)) / flat.std(dim=1, keepdim=True)
+    return flat @ torch.randn(flat.shape[1], 64, generator=torch.Generator().manual_seed(0))
+
+
+def test_an_encoder_blind_to_intensity_discards_brightness_and_raw_pixels_keep_it():
+    images, labels = digits()
+    table = discarded_information({"pixels": lambda x: x.flatten(1), "normalised": normalised_projection},
+                                  images, labels, ["brightness", "crop scale"], seed=0)
+    print({a: {s: round(c["score"], 3) for s, c in row.items()} for a, row in table.items()})
+    assert table["brightness"]["pixels"]["label"] == "kept" and table["brightness"]["pixels"]["score"] > 0.7
+    assert table["brightness"]["normalised"]["label"] == "discarded"
+    # Not blind to everything: the crop's scale and the class stay readable through the projection.
+    assert table["crop scale"]["normalised"]["label"] != "discarded"
+    assert table["class"]["normalised"]["metric"] == "accuracy" and table["class"]["normalised"]["score"] > 0.6
+
+
+def test_variants_carry_the_values_they_were_made_with():
+    images, _ = digits(8)
+    brightness = ATTRIBUTES["brightness"]
+    for value in (0.6, 1.4):
+        torch.testing.assert_close(brightness.apply(images[0], value), images[0] * value)
+    flipped = ATTRIBUTES["flip"].apply(images[0], 1)
+    torch.testing.assert_close(flipped, images[0].flip(-1))
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("default_run")
+def test_the_pretrained_digits_encoder_keeps_the_class_and_less_brightness_than_pixels(default_run):
+    from vicreg_lightning.data.datasets import build_datasets
+
+    encoder = load_for_report(default_run)
+    _, val_set, _ = build_datasets(encoder.data)
+    images, labels = reference_images(val_set, encoder.augment, 360)
+    spaces = representations({"trained": (encoder.backbone, encoder.expander)}, encoder.augment, torch.device("cpu"))
+    table = discarded_information({k: spaces[k] for k in ("pixels", "trained features")}, images, labels,
+                                  ["brightness"], seed=0)
+    print({attribute: {space: round(cell["score"], 3) for space, cell in row.items()} for attribute, row in table.items()})
+    assert table["class"]["trained features"]["score"] >= 0.95
+    assert table["brightness"]["trained features"]["score"] < table["brightness"]["pixels"]["score"]

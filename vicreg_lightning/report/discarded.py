@@ -1,0 +1,187 @@
+"""What the encoder throws away: for each nuisance attribute a recipe touches (brightness,
+contrast, saturation, hue, blur, flip, the crop's scale and position), controlled variants of
+validation images with known attribute values, and how well a cross-validated linear read-out
+recovers that value from a representation — R² of ridge regression for a continuous value,
+accuracy of logistic regression for a discrete one — next to the same read-out of the class.
+
+Each score becomes a *decodability* in [0, 1] (R² clipped at 0; accuracy rescaled so that chance is
+0 and perfect is 1) and a label by fixed rules: *kept* at :data:`KEPT_MIN` or more, *discarded*
+below :data:`DISCARDED_BELOW`, *reduced* between. Raw pixels and the untrained twin, read out the
+same way, say how much of an attribute was there to keep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from torch import Tensor
+
+KEPT_MIN = 0.5
+DISCARDED_BELOW = 0.1
+FOLDS = 5
+
+Representation = Callable[[Tensor], Tensor]  # float images in [0, 1], (N, 3, H, W) -> (N, D)
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """A nuisance attribute: the augmentation family that varies it in training, its values
+    (``low``-``high`` for a continuous one, ``{0, 1}`` for a discrete one) and how a variant with a
+    given value is made from a reference image."""
+
+    name: str
+    family: str
+    discrete: bool
+    low: float
+    high: float
+    apply: Callable[[Tensor, float], Tensor]  # (3, H, W) in [0, 1], value -> (3, H, W)
+
+
+def _grey(image: Tensor) -> Tensor:
+    return TF.rgb_to_grayscale(image, num_output_channels=3)
+
+
+def _crop(image: Tensor, scale: float, position: float) -> Tensor:
+    """A square crop of ``scale`` of the image's area, from the left edge (``position`` 0) to the
+    right (1), vertically centred, resized back to the image's size."""
+    height, width = image.shape[-2:]
+    side = max(1, round(min(height, width) * scale ** 0.5))
+    left, top = round((width - side) * position), (height - side) // 2
+    return TF.resized_crop(image, top, left, side, side, [height, width], antialias=True)
+
+
+ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
+    Attribute("brightness", "jitter", False, 0.6, 1.4, lambda x, v: (x * v).clamp(0, 1)),
+    Attribute("contrast", "jitter", False, 0.6, 1.4,
+              lambda x, v: ((x - _grey(x).mean()) * v + _grey(x).mean()).clamp(0, 1)),
+    Attribute("saturation", "jitter", False, 0.0, 2.0, lambda x, v: ((x - _grey(x)) * v + _grey(x)).clamp(0, 1)),
+    Attribute("hue", "jitter", False, -0.2, 0.2, lambda x, v: TF.adjust_hue(x, v)),
+    Attribute("blur", "blur", False, 0.1, 2.0,
+              lambda x, v: TF.gaussian_blur(x, [2 * int(np.ceil(3 * v)) + 1] * 2, [v, v])),
+    Attribute("flip", "flip", True, 0, 1, lambda x, v: TF.horizontal_flip(x) if v else x),
+    Attribute("crop scale", "crop", False, 0.3, 1.0, lambda x, v: _crop(x, v, 0.5)),
+    Attribute("crop position", "crop", False, 0.0, 1.0, lambda x, v: _crop(x, 0.5, v)),
+)}
+
+
+def attributes_of_recipe(trained_families: Sequence[str], greyscale: bool) -> list[str]:
+    """The attributes a recipe varies (its families with probability > 0); saturation and hue
+    mean nothing on grey images."""
+    names = [a.name for a in ATTRIBUTES.values() if a.family in trained_families]
+    return [n for n in names if not (greyscale and n in ("saturation", "hue"))]
+
+
+def variants(images: Tensor, attribute: Attribute, seed: int) -> tuple[Tensor, Tensor]:
+    """Each image once, with a value of ``attribute`` drawn for it (seeded): the variants and the values."""
+    g = torch.Generator().manual_seed(seed)
+    if attribute.discrete:
+        values = torch.randint(0, 2, (len(images),), generator=g).double()
+    else:
+        values = attribute.low + (attribute.high - attribute.low) * torch.rand(len(images), generator=g, dtype=torch.float64)
+    return torch.stack([attribute.apply(x, float(v)) for x, v in zip(images, values)]), values
+
+
+def decodability(x: Tensor, y: Tensor, discrete: bool, seed: int) -> tuple[float, float]:
+    """``(score, decodability)`` of a linear read-out of ``y`` from ``x``, cross-validated over
+    :data:`FOLDS` seeded folds: ridge regression's R² on centred inputs (its penalty chosen inside
+    each training fold; standardising would blow up pixels that barely vary, and the fit with them)
+    or logistic regression's accuracy on standardised inputs."""
+    from sklearn.linear_model import LogisticRegression, RidgeCV
+    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    features, target = x.double().numpy(), y.numpy()
+    if discrete:
+        folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        accuracy = float(np.mean(cross_val_score(model, features, target, cv=folds, scoring="accuracy")))
+        chance = float(np.max(np.bincount(target.astype(int))) / len(target))
+        return accuracy, max(0.0, (accuracy - chance) / (1 - chance))
+    folds = KFold(FOLDS, shuffle=True, random_state=seed)
+    model = make_pipeline(StandardScaler(with_std=False), RidgeCV(alphas=np.logspace(-3, 7, 21)))
+    r2 = float(np.mean(cross_val_score(model, features, target, cv=folds, scoring="r2")))
+    return r2, max(0.0, r2)
+
+
+def label(decodable: float) -> str:
+    if decodable >= KEPT_MIN:
+        return "kept"
+    return "discarded" if decodable < DISCARDED_BELOW else "reduced"
+
+
+def discarded_information(
+    representations: Mapping[str, Representation], images: Tensor, labels: Tensor | None,
+    attributes: Sequence[str], seed: int = 0,
+) -> dict[str, dict[str, dict[str, float | str]]]:
+    """``{attribute: {representation: {"metric", "score", "decodability", "label"}}}`` for each
+    attribute (variants of ``images``, float in [0, 1]) and, when ``labels`` are given, for
+    ``"class"`` (the clean images' class, read out the same way with logistic regression)."""
+    table: dict[str, dict[str, dict[str, float | str]]] = {}
+    targets = [(name, ATTRIBUTES[name]) for name in attributes]
+    for index, (name, attribute) in enumerate(targets):
+        changed, values = variants(images, attribute, seed + index)
+        table[name] = _read_out(representations, changed, values, attribute.discrete, seed)
+    if labels is not None:
+        table["class"] = _read_out(representations, images, labels.double(), True, seed)
+    return table
+
+
+def _read_out(representations: Mapping[str, Representation], images: Tensor, values: Tensor, discrete: bool,
+              seed: int) -> dict[str, dict[str, float | str]]:
+    row = {}
+    for name, represent in representations.items():
+        with torch.no_grad():
+            x = represent(images).flatten(1).cpu()
+        score, decodable = decodability(x, values, discrete, seed)
+        row[name] = {"metric": "accuracy" if discrete else "r2", "score": score, "decodability": decodable,
+                     "label": label(decodable)}
+    return row
+
+
+# Raw pixels are read out at this size at most (average-pooled): ridge regression on 224-px images
+# would fit 150,528 inputs per sample.
+PIXELS_MAX_SIZE = 32
+
+
+def reference_images(dataset, aug, count: int) -> tuple[Tensor, Tensor]:
+    """``count`` images of ``dataset`` as the eval transform sees them before normalising (resized,
+    centre-cropped to ``aug.size``; float in [0, 1]) and their labels."""
+    from torchvision.transforms import v2
+
+    resize = v2.Compose([v2.Resize(aug.val_resize, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+                         v2.CenterCrop(aug.size)])
+    pairs = [dataset[i] for i in range(min(count, len(dataset)))]
+    images = torch.stack([resize(torch.as_tensor(image)).float() / 255 for image, _ in pairs])
+    return images, torch.tensor([int(label) for _, label in pairs])
+
+
+def representations(encoders: Mapping[str, tuple[torch.nn.Module, torch.nn.Module | None]], aug,
+                    device: torch.device, batch_size: int = 256) -> dict[str, Representation]:
+    """Raw pixels, and the features and embeddings of each ``(backbone, expander)`` on the
+    normalised images (``aug.mean``/``aug.std``), named ``pixels``, ``<encoder> features``, ..."""
+    mean = torch.tensor(list(aug.mean)).view(1, 3, 1, 1)
+    std = torch.tensor(list(aug.std)).view(1, 3, 1, 1)
+
+    def pixels(images: Tensor) -> Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(images, min(PIXELS_MAX_SIZE, images.shape[-1]))
+
+    def space(backbone: torch.nn.Module, expander: torch.nn.Module | None, embeddings: bool) -> Representation:
+        def represent(images: Tensor) -> Tensor:
+            out = []
+            for batch in images.split(batch_size):
+                x = backbone.to(device)(((batch - mean) / std).to(device))
+                out.append((expander.to(device)(x) if embeddings else x).float().cpu())
+            return torch.cat(out)
+        return represent
+
+    found: dict[str, Representation] = {"pixels": pixels}
+    for name, (backbone, expander) in encoders.items():
+        found[f"{name} features"] = space(backbone, expander, False)
+        if expander is not None:
+            found[f"{name} embeddings"] = space(backbone, expander, True)
+    return found
