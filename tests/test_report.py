@@ -4,6 +4,7 @@ augmentations it was trained with."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -61,6 +62,17 @@ def test_report_holds_every_figure_and_references_it(tiny_report: Path) -> None:
     assert page.count("data:image/png;base64,") == len(FIGURES)
     for heading in re.findall(r"^## (.+)$", markdown, flags=re.M):
         assert heading.replace('"', "&quot;") in page
+    # The documented keys of the sections on what is discarded and on threshold rules.
+    numbers = json.loads((tiny_report / "report.json").read_text())
+    discarded = numbers["discarded"]
+    assert discarded["attributes"] == ["brightness", "contrast", "blur", "crop scale", "crop position"]
+    for row in discarded["read_outs"].values():
+        assert set(row) == {"pixels", "trained features", "trained embeddings", "untrained features"}
+        assert all(set(cell) == {"metric", "score", "decodability", "label"} for cell in row.values())
+    audit = numbers["thresholds"]["operating_points"]
+    assert [row["point"] for row in audit] == ["FMR 0.1", "FMR 0.01", "FMR 0.001", "equal error"]
+    assert all(row["global_fmr"] <= float(row["point"][4:]) for row in audit[:3])
+    assert len(audit[0]["groups"]) == 10 and isinstance(audit[0]["flagged"], bool)
 
 
 def _table_after(markdown: str, heading_start: str) -> list[dict[str, str]]:

@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-samples", type=int, help="images per split, at most (default: %(default)s)")
     parser.add_argument("--invariance-samples", type=int, help="validation images for invariance (default: %(default)s)")
     parser.add_argument("--map", dest="map_method", choices=MAP_METHODS, help="(default: %(default)s)")
+    parser.add_argument("--threshold-bound", type=float,
+                        help="flag a worst/best group false-match ratio above this (default: %(default)s)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="skip the untrained encoder's invariance")
     parser.add_argument("--seed", type=int, help="(default: %(default)s)")

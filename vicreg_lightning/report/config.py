@@ -27,6 +27,7 @@ class ReportOptions:
     max_samples: int = MISSING
     invariance_samples: int = MISSING
     map_method: str = MISSING
+    threshold_bound: float = MISSING
     baseline: bool = MISSING
     seed: int = MISSING
 
@@ -43,6 +44,7 @@ def report_options(**given: Any) -> DictConfig:
         require_value(options[name] >= 2, _flag(name), options[name], "an integer >= 2")
     require_value(options.num_workers is None or options.num_workers >= 0, "--num-workers", options.num_workers,
                   "an integer >= 0")
+    require_value(options.threshold_bound > 1, "--threshold-bound", options.threshold_bound, "a factor > 1")
     require_value(options.map_method in MAP_METHODS, "--map", options.map_method, f"one of {', '.join(MAP_METHODS)}")
     return options
 

@@ -133,6 +133,22 @@ def _plot_invariance(
     _save(fig, path)
 
 
+def _plot_thresholds(thresholds: Tensor, curves: dict[str, Tensor], audit: list[dict], path: Path) -> None:
+    """Each group's false-match rate against the cosine threshold (log scale), the audit's
+    thresholds as vertical lines."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, fmr in curves.items():
+        ax.plot(thresholds.numpy(), fmr.clamp(min=1e-5).numpy(), **({"color": "black", "linewidth": 2.5} if name == "all"
+                else {"linewidth": 1, "alpha": 0.8}), label=name)
+    for row in audit:
+        ax.axvline(row["threshold"], color="red" if row["flagged"] else "grey", linestyle=":", linewidth=1)
+    ax.set(yscale="log", xlabel="cosine threshold (same item if cosine ≥ t)", ylabel="false-match rate",
+           title="False-match rate per group (dotted: the audit's thresholds, red: flagged)")
+    ax.legend(fontsize=6, ncol=2)
+    _save(fig, path)
+
+
 def _plot_groups(rows: list[GroupStats], path: Path) -> None:
     plt = _pyplot()
     names = [r.name for r in rows]

@@ -33,6 +33,7 @@ from vicreg_lightning.report.figures import (
     _plot_confusion,
     _plot_correlation,
     _plot_groups,
+    _plot_thresholds,
     _plot_invariance,
     _plot_map,
     _plot_per_class,
@@ -40,6 +41,7 @@ from vicreg_lightning.report.figures import (
     _plot_std_hist,
 )
 from vicreg_lightning.metrics.groups import OUTLIER_NUM_STD
+from vicreg_lightning.metrics.thresholds import fmr_curves, match_audit
 from vicreg_lightning.report.discarded import (
     DISCARDED_BELOW,
     KEPT_MIN,
@@ -55,8 +57,10 @@ from vicreg_lightning.report.source import SPACES, LoadedEncoder, capped, extrac
 
 FIGURES: tuple[str, ...] = (
     "spectrum.png", "std_hist.png", "correlation.png", "probe_per_class.png", "confusion.png",
-    "embedding_map.png", "invariance.png", "groups.png",
+    "embedding_map.png", "invariance.png", "groups.png", "thresholds.png",
 )
+# Pairs grow as N²: the threshold audit reads a seeded draw of at most this many validation images.
+THRESHOLD_MAX_SAMPLES = 2000
 
 
 def _class_names(dataset: Dataset, num_classes: int) -> list[str]:
@@ -242,6 +246,42 @@ def _groups_section(doc: Document, encoder: LoadedEncoder, train: Features, val:
     return [asdict(g) for g in groups]
 
 
+def _thresholds_section(doc: Document, val: Features, names: list[str], options: ReportOptions,
+                        out: Path) -> dict[str, Any]:
+    doc.heading("Hidden threshold rules: one cosine threshold, per group")
+    space = "embeddings" if val.embeddings is not None else "features"
+    keep = torch.nonzero(val.labels != UNLABELED).flatten()
+    if len(keep) > THRESHOLD_MAX_SAMPLES:
+        draw = torch.randperm(len(keep), generator=torch.Generator().manual_seed(options.seed))
+        keep = keep[draw[:THRESHOLD_MAX_SAMPLES]].sort().values
+    z, labels = val.space(space)[keep], val.labels[keep]
+    groups = [f"class {names[int(label)]}" for label in labels]
+    audit = match_audit(z, labels, groups, bound=options.threshold_bound, pairs="involving")
+    thresholds = torch.linspace(-1, 1, 401)
+    _plot_thresholds(thresholds, fmr_curves(z, labels, groups, thresholds, pairs="involving"), audit,
+                     out / "thresholds.png")
+
+    def group_cell(row: dict[str, Any], name: str) -> str:
+        return f"{name} ({_fmt(row['groups'][name]['fmr'])})"
+
+    doc.table(["operating point", "threshold", "FMR (all)", "TMR (all)", "worst group (FMR)", "best group (FMR)",
+               "worst / best", "flagged"],
+              [[row["point"], _fmt(row["threshold"]), _fmt(row["global_fmr"]), _fmt(row["global_tmr"]),
+                group_cell(row, row["worst"]), group_cell(row, row["best"]), _fmt(row["fmr_ratio"], 2),
+                "**yes**" if row["flagged"] else ""] for row in audit])
+    doc.text(f"A downstream rule \"same item if cosine ≥ t\" on the {space} of {len(z)} validation images: every pair "
+             "of images, genuine when both share a class, an impostor pair otherwise. t is set on all pairs at a "
+             "false-match rate (FMR: the share of impostor pairs that match) of 10%, 1% and 0.1%, and where FMR "
+             "equals the false-non-match rate (equal error); TMR is the share of genuine pairs that match. Groups: "
+             "the classes, each with the pairs that involve one of its images. Flagged: the worst group's FMR over "
+             f"the best's above {options.threshold_bound:g}× (--threshold-bound); an FMR of 0 counts as one false "
+             "match in the group's pairs. A flag says the same threshold makes many more false matches for one "
+             "group than another: a rule about that group that nobody wrote.")
+    doc.figure("thresholds.png", "False-match rate per group against the threshold")
+    return {"space": space, "groups": "classes", "pairs": "involving", "samples": len(z),
+            "bound": options.threshold_bound, "operating_points": audit}
+
+
 def write_report(encoder: LoadedEncoder, out: Path, options: ReportOptions) -> dict[str, Any]:
     """Evaluate ``encoder`` on its ``data`` and write the figures (:data:`FIGURES`), ``report.md``,
     ``report.html`` and ``report.json`` into ``out``. Returns the numbers of ``report.json``."""
@@ -291,6 +331,7 @@ def write_report(encoder: LoadedEncoder, out: Path, options: ReportOptions) -> d
                                        options, device, workers, out))
     numbers["discarded"] = _discarded_section(doc, encoder, capped(val_set, options.invariance_samples, seed), options,
                                               device)
+    numbers["thresholds"] = _thresholds_section(doc, val, names, options, out)
     numbers["groups"] = _groups_section(doc, encoder, train, val, names, num_classes, options, stats_device, represent,
                                         out)
     numbers["seconds"] = time.monotonic() - started

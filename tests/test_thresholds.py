@@ -1,0 +1,64 @@
+"""The threshold audit (vicreg_lightning/metrics/thresholds.py): thresholds against their
+definitions, and groups with and without a planted difference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vicreg_lightning.metrics.thresholds import equal_error_threshold, match_audit, pair_scores, threshold_at_fmr
+
+
+def clustered(seed: int, n: int = 600, classes: int = 10, dim: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    centres = torch.randn(classes, dim, generator=g)
+    return centres[labels] + 0.8 * torch.randn(n, dim, generator=g), labels
+
+
+def test_a_threshold_at_a_false_match_rate_lets_that_share_of_impostor_pairs_match():
+    impostor = torch.randn(10_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for fmr in (0.1, 0.01, 0.001):
+        assert float((impostor >= threshold_at_fmr(impostor, fmr)).double().mean()) == pytest.approx(fmr, abs=1e-4)
+
+
+def test_the_equal_error_threshold_balances_false_matches_and_false_non_matches():
+    g = torch.Generator().manual_seed(0)
+    genuine = torch.randn(300, generator=g, dtype=torch.float64) + 2
+    impostor = torch.randn(3000, generator=g, dtype=torch.float64)
+
+    def gap(t: float) -> float:
+        return abs(float((impostor >= t).double().mean()) - float((genuine < t).double().mean()))
+
+    brute = min(gap(c) for c in torch.cat([genuine, impostor]).tolist())
+    assert gap(equal_error_threshold(genuine, impostor)) == pytest.approx(brute, abs=1e-12)
+
+
+def test_pair_scores_are_the_cosines_of_every_pair_once():
+    z, labels = clustered(0, n=5)
+    cosine, genuine, first, second = pair_scores(z, labels)
+    assert len(cosine) == 10 and bool((first < second).all())
+    k = 3
+    expected = torch.nn.functional.cosine_similarity(z[first[k]].double(), z[second[k]].double(), dim=0)
+    assert float(cosine[k]) == pytest.approx(float(expected), abs=1e-12)
+    assert bool(genuine[k]) == bool(labels[first[k]] == labels[second[k]])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_squeezed_subgroup_is_flagged_at_one_percent_and_a_random_grouping_is_not(seed):
+    z, labels = clustered(seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    # The planted subgroup: a sixth of the images, their embeddings pulled towards one point, so
+    # that its impostor pairs look alike.
+    squeezed = torch.randperm(len(z), generator=g)[: len(z) // 6]
+    z[squeezed] = 0.3 * z[squeezed] + 3.0 * torch.randn(z.shape[1], generator=g)
+    planted = ["squeezed" if i in set(squeezed.tolist()) else "rest" for i in range(len(z))]
+    at_one_percent = {row["point"]: row for row in match_audit(z, labels, planted)}["FMR 0.01"]
+    assert at_one_percent["flagged"] and at_one_percent["worst"] == "squeezed"
+    assert at_one_percent["global_fmr"] <= 0.01
+
+    random_groups = [f"site {int(i)}" for i in torch.randint(0, 3, (len(z),), generator=g)]
+    others = [i for i in range(len(z)) if planted[i] == "rest"]
+    audit = match_audit(z[others], labels[others], [random_groups[i] for i in others])
+    assert not any(row["flagged"] for row in audit if row["point"] in ("FMR 0.1", "FMR 0.01")), \
+        [(row["point"], row["fmr_ratio"]) for row in audit]
