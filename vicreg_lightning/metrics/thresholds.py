@@ -26,10 +26,10 @@ DISPARITY_BOUND = 2.0
 
 def pair_scores(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Cosine similarity of every unordered pair of rows, whether it is genuine (same label), and
-    the pair's two indices."""
+    the pair's two indices (from one N×N product: N² numbers, not N²/2 pairs of D-dim rows)."""
     z = torch.nn.functional.normalize(embeddings.double(), dim=1)
     first, second = torch.triu_indices(len(z), len(z), offset=1)
-    cosine = (z[first] * z[second]).sum(dim=1)
+    cosine = (z @ z.T)[first, second]
     return cosine, labels[first] == labels[second], first, second
 
 
@@ -53,26 +53,37 @@ def equal_error_threshold(genuine: Tensor, impostor: Tensor) -> float:
     return float(candidates[(fmr - fnmr).abs().argmin()])
 
 
-def group_pairs(names: Sequence[str], first: Tensor, second: Tensor, pairs: str) -> dict[str, Tensor]:
-    """``{group: mask over the pairs}``: both images in the group (``within``) or at least one (``involving``)."""
+def group_pairs(names: Sequence[str], first: Tensor, second: Tensor, pairs: str) -> tuple[list[str], Tensor, Tensor]:
+    """The groups, and which pairs each holds as two aligned lists (a pair's index, a group's
+    position): both images in the group (``within``) or at least one (``involving``)."""
     if pairs not in ("within", "involving"):
         raise ValueError(f"pairs={pairs!r}: choose within or involving")
     ids = {name: i for i, name in enumerate(dict.fromkeys(names))}
     member = torch.tensor([ids[name] for name in names])
     a, b = member[first], member[second]
-    return {name: (a == i) & (b == i) if pairs == "within" else (a == i) | (b == i) for name, i in ids.items()}
+    index = torch.arange(len(first))
+    if pairs == "within":
+        return list(ids), index[a == b], a[a == b]
+    other = a != b
+    return list(ids), torch.cat([index, index[other]]), torch.cat([a, b[other]])
 
 
 def fmr_curves(embeddings: Tensor, labels: Tensor, groups: Sequence[str], thresholds: Tensor,
-               pairs: str = "within") -> dict[str, Tensor]:
-    """Each group's false-match rate at each of ``thresholds`` (``"all"``: every impostor pair)."""
+               pairs: str = "within", only: Sequence[str] | None = None) -> dict[str, Tensor]:
+    """The false-match rate at each of ``thresholds`` of every impostor pair (``"all"``) and of each
+    group's (those in ``only``, when given)."""
     cosine, genuine, first, second = pair_scores(embeddings, labels)
-    masks = {"all": torch.ones_like(genuine), **group_pairs(groups, first, second, pairs)}
-    curves = {}
-    for name, mask in masks.items():
-        impostor = cosine[mask & ~genuine].sort().values
-        if len(impostor):
-            curves[name] = 1 - torch.searchsorted(impostor, thresholds.double(), side="left") / len(impostor)
+    names, pair_index, group = group_pairs(groups, first, second, pairs)
+
+    def curve(impostor: Tensor) -> Tensor:
+        return 1 - torch.searchsorted(impostor.sort().values, thresholds.double(), side="left") / len(impostor)
+
+    curves = {"all": curve(cosine[~genuine])}
+    impostor = ~genuine[pair_index]
+    for position, name in enumerate(names):
+        scores = cosine[pair_index[impostor & (group == position)]]
+        if len(scores) and (only is None or name in only):
+            curves[name] = curve(scores)
     return curves
 
 
@@ -86,20 +97,25 @@ def match_audit(embeddings: Tensor, labels: Tensor, groups: Sequence[str] | Tens
     one false match in the group's pairs, so that the ratio stays finite)."""
     names = list(groups) if not isinstance(groups, Tensor) else [str(int(g)) for g in groups]
     cosine, genuine, first, second = pair_scores(embeddings, labels)
-    masks = group_pairs(names, first, second, pairs)
+    group_names, pair_index, group = group_pairs(names, first, second, pairs)
+    count = len(group_names)
+    impostor = ~genuine[pair_index]
+    impostor_pairs = torch.bincount(group[impostor], minlength=count)
+    genuine_pairs = torch.bincount(group[~impostor], minlength=count)
     points = [(f"FMR {p:g}", threshold_at_fmr(cosine[~genuine], p)) for p in operating_points]
     points.append(("equal error", equal_error_threshold(cosine[genuine], cosine[~genuine])))
     audit = []
     for point, threshold in points:
         matched = cosine >= threshold
+        hit = matched[pair_index]
+        false_matches = torch.bincount(group[impostor & hit], minlength=count)
+        true_matches = torch.bincount(group[~impostor & hit], minlength=count)
         rows = {}
-        for name, mask in masks.items():
-            impostors, genuines = mask & ~genuine, mask & genuine
-            rows[name] = {
-                "fmr": float(matched[impostors].double().mean()) if impostors.any() else None,
-                "tmr": float(matched[genuines].double().mean()) if genuines.any() else None,
-                "impostor_pairs": int(impostors.sum()), "genuine_pairs": int(genuines.sum()),
-            }
+        for i, name in enumerate(group_names):
+            imp, gen = int(impostor_pairs[i]), int(genuine_pairs[i])
+            rows[name] = {"fmr": int(false_matches[i]) / imp if imp else None,
+                          "tmr": int(true_matches[i]) / gen if gen else None,
+                          "impostor_pairs": imp, "genuine_pairs": gen}
         rated = {name: row["fmr"] or 1 / row["impostor_pairs"] for name, row in rows.items() if row["fmr"] is not None}
         worst, best = max(rated, key=rated.get), min(rated, key=rated.get)
         ratio = rated[worst] / rated[best]

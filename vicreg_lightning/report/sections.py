@@ -61,6 +61,7 @@ FIGURES: tuple[str, ...] = (
 )
 # Pairs grow as N²: the threshold audit reads a seeded draw of at most this many validation images.
 THRESHOLD_MAX_SAMPLES = 2000
+PLOTTED_GROUPS = 12  # the figure's curves: the groups with the most false matches at FMR 1%
 
 
 def _class_names(dataset: Dataset, num_classes: int) -> list[str]:
@@ -258,7 +259,9 @@ def _thresholds_section(doc: Document, val: Features, names: list[str], options:
     groups = [f"class {names[int(label)]}" for label in labels]
     audit = match_audit(z, labels, groups, bound=options.threshold_bound, pairs="involving")
     thresholds = torch.linspace(-1, 1, 401)
-    _plot_thresholds(thresholds, fmr_curves(z, labels, groups, thresholds, pairs="involving"), audit,
+    at_one_percent = next((row for row in audit if row["point"] == "FMR 0.01"), audit[0])["groups"]
+    plotted = sorted(at_one_percent, key=lambda name: -(at_one_percent[name]["fmr"] or 0))[:PLOTTED_GROUPS]
+    _plot_thresholds(thresholds, fmr_curves(z, labels, groups, thresholds, pairs="involving", only=plotted), audit,
                      out / "thresholds.png")
 
     def group_cell(row: dict[str, Any], name: str) -> str:
