@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vicreg_lightning.loss import VICRegLoss  # noqa: E402
+from benchmarks.resident_memory import peak_growth  # noqa: E402
 
 SHAPES = [(256, 8192), (1024, 8192), (2048, 8192), (4096, 2048)]
 
@@ -88,28 +87,12 @@ def time_both(n: int, d: int, device: str, repeats: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def _cpu_peak_child(name: str, n: int, d: int, queue) -> None:
-    """Growth of the resident set over its value before the step, sampled every millisecond
-    (the process's lifetime maximum would be set by importing torch, not by the loss)."""
+    """Growth of the resident set over its value before the step."""
     x, y = inputs(n, d, "cpu")
-    base, peak, done = _resident_bytes(), [0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _resident_bytes())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    step(IMPLEMENTATIONS[name], x, y)
-    done.set()
-    sampler.join()
-    queue.put(max(peak[0], _resident_bytes()) - base)
+    with peak_growth() as grown:
+        step(IMPLEMENTATIONS[name], x, y)
+    queue.put(grown[0])
 
 
 def peak_bytes(name: str, n: int, d: int, device: str) -> float:

@@ -25,11 +25,10 @@ the backbone's forward+backward.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
-import os
 import statistics
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from vicreg_lightning.config import preset  # noqa: E402
 from vicreg_lightning.module import VICRegModule  # noqa: E402
 from vicreg_lightning.optim import build_optimizer, scaled_lr, warmup_cosine  # noqa: E402
 from vicreg_lightning.micro_batch import check_micro_batch_size  # noqa: E402
+from benchmarks.resident_memory import peak_growth  # noqa: E402
 
 # The shipped LARS preset and loss (official coefficients), with no warmup: every timed step at full lr.
 OPTIM = preset("optim", "lars", "warmup_epochs=0")
@@ -202,11 +202,6 @@ def backbone_share(args: argparse.Namespace, device: torch.device, steps: int, p
     return statistics.median(times[1:])
 
 
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def _micro_batch_child(args: argparse.Namespace, micro_batch_size: int | None, queue: Any) -> None:
     """One configuration in a fresh process: ``args.steps`` timed steps after one warm-up step;
     puts (step seconds, peak bytes over the memory held before the steps)."""
@@ -230,30 +225,16 @@ def _micro_batch_child(args: argparse.Namespace, micro_batch_size: int | None, q
         sync(device)
 
     step()  # warm-up: the optimiser's state exists from here on, in both configurations
-    base, peak, done = _resident_bytes(), [0], threading.Event()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _resident_bytes())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    if device.type == "cpu":
-        sampler.start()
     times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    done.set()
-    if device.type == "cpu":
-        sampler.join()
-        grown = max(peak[0], _resident_bytes()) - base
-    else:
-        grown = torch.cuda.max_memory_allocated() - base
+    with peak_growth() if device.type == "cpu" else contextlib.nullcontext([0]) as resident:
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+    grown = resident[0] if device.type == "cpu" else torch.cuda.max_memory_allocated() - base
     queue.put((statistics.median(times), grown))
 
 

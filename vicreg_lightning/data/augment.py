@@ -186,14 +186,18 @@ def view_transform(aug: Any, view: Any) -> v2.Compose:
     return v2.Compose([ViewAugment(aug, view), *_to_float(aug)])
 
 
-def eval_transform(aug: Any) -> v2.Compose:
-    """Validation images, normalised float32: resize the short side to ``val_resize``, centre-crop
-    ``size``. (Off the hot path, so normalised in the workers, where every tool can use it.)"""
+def eval_resize(aug: Any) -> v2.Compose:
+    """Validation images as stored (uint8): resize the short side to ``val_resize``, centre-crop ``size``."""
     return v2.Compose([
         v2.Resize(aug.val_resize, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
         v2.CenterCrop(aug.size),
-        *_to_float(aug),
     ])
+
+
+def eval_transform(aug: Any) -> v2.Compose:
+    """Validation images, normalised float32: :func:`eval_resize`, then scaled and normalised. (Off
+    the hot path, so normalised in the workers, where every tool can use it.)"""
+    return v2.Compose([eval_resize(aug), *_to_float(aug)])
 
 
 def same_size(aug: Any) -> v2.Transform:

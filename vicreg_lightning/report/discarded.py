@@ -14,11 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
+
+from vicreg_lightning.data.augment import eval_resize
+from vicreg_lightning.features import encode
 
 KEPT_MIN = 0.5
 DISCARDED_BELOW = 0.1
@@ -151,10 +156,7 @@ PIXELS_MAX_SIZE = 32
 def reference_images(dataset, aug, count: int) -> tuple[Tensor, Tensor]:
     """``count`` images of ``dataset`` as the eval transform sees them before normalising (resized,
     centre-cropped to ``aug.size``; float in [0, 1]) and their labels."""
-    from torchvision.transforms import v2
-
-    resize = v2.Compose([v2.Resize(aug.val_resize, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-                         v2.CenterCrop(aug.size)])
+    resize = eval_resize(aug)
     pairs = [dataset[i] for i in range(min(count, len(dataset)))]
     images = torch.stack([resize(torch.as_tensor(image)).float() / 255 for image, _ in pairs])
     return images, torch.tensor([int(label) for _, label in pairs])
@@ -170,18 +172,26 @@ def representations(encoders: Mapping[str, tuple[torch.nn.Module, torch.nn.Modul
     def pixels(images: Tensor) -> Tensor:
         return torch.nn.functional.adaptive_avg_pool2d(images, min(PIXELS_MAX_SIZE, images.shape[-1]))
 
-    def space(backbone: torch.nn.Module, expander: torch.nn.Module | None, embeddings: bool) -> Representation:
-        def represent(images: Tensor) -> Tensor:
-            out = []
-            for batch in images.split(batch_size):
-                x = backbone.to(device)(((batch - mean) / std).to(device))
-                out.append((expander.to(device)(x) if embeddings else x).float().cpu())
-            return torch.cat(out)
+    def spaces(backbone: torch.nn.Module, expander: torch.nn.Module | None) -> Callable[[Tensor, int], Tensor]:
+        # Features and embeddings of the same images come from one backbone pass: the last images
+        # encoded are kept until the next ones come.
+        last: dict[str, Any] = {"images": None}
+
+        def represent(images: Tensor, space: int) -> Tensor:
+            if last["images"] is not images:
+                backbone.to(device)
+                if expander is not None:
+                    expander.to(device)
+                parts = [encode(backbone, expander, ((batch - mean) / std).to(device)) for batch in images.split(batch_size)]
+                last.update(images=images, out=[torch.cat([p[i].cpu() for p in parts]) if parts[0][i] is not None
+                                                else None for i in (0, 1)])
+            return last["out"][space]
         return represent
 
     found: dict[str, Representation] = {"pixels": pixels}
     for name, (backbone, expander) in encoders.items():
-        found[f"{name} features"] = space(backbone, expander, False)
+        represent = spaces(backbone, expander)
+        found[f"{name} features"] = partial(represent, space=0)
         if expander is not None:
-            found[f"{name} embeddings"] = space(backbone, expander, True)
+            found[f"{name} embeddings"] = partial(represent, space=1)
     return found
