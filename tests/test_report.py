@@ -36,14 +36,19 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def tiny_report(tiny_digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The report of a 2-step checkpoint, written by the command line a user types."""
+    """The report of a 2-step checkpoint, written by the command lines a user types, with the
+    metadata groups of the README's worked example."""
     out = tmp_path_factory.mktemp("tiny_report")
     # One OpenMP thread: the suite runs 2 xdist workers on 2 cores, and a second thread per process
     # oversubscribes them; OpenMP's spin-waiting then makes LAPACK and t-SNE calls up to 300x slower
     # (measured here: eigvalsh of 360x360 in 0.012 s with 1 thread, 4.5 s with 2 on a busy machine).
+    # Groups from metadata, as the README's worked example makes them.
+    groups = out / "digits_ink.csv"
+    subprocess.run([sys.executable, str(ROOT / "examples" / "digits_ink_groups.py"), str(tiny_digits_run), str(groups)],
+                   check=True, capture_output=True, timeout=120, cwd=ROOT)
     proc = subprocess.run(
         [sys.executable, "-m", "vicreg_lightning.report", str(tiny_digits_run / "checkpoints" / "last.ckpt"),
-         "--out", str(out)],
+         "--out", str(out), "--groups-csv", str(groups)],
         capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -69,10 +74,20 @@ def test_report_holds_every_figure_and_references_it(tiny_report: Path) -> None:
     for row in discarded["read_outs"].values():
         assert set(row) == {"pixels", "trained features", "trained embeddings", "untrained features"}
         assert all(set(cell) == {"metric", "score", "decodability", "label"} for cell in row.values())
-    audit = numbers["thresholds"]["operating_points"]
+    thresholds = numbers["thresholds"]
+    assert (thresholds["groups"], thresholds["pairs"]) == ("metadata", "within")
+    audit = thresholds["operating_points"]
     assert [row["point"] for row in audit] == ["FMR 0.1", "FMR 0.01", "FMR 0.001", "equal error"]
     assert all(row["global_fmr"] <= float(row["point"][4:]) for row in audit[:3])
-    assert len(audit[0]["groups"]) == 10 and isinstance(audit[0]["flagged"], bool)
+    ink = {"light ink", "medium ink", "heavy ink"}
+    assert set(audit[0]["groups"]) == ink and isinstance(audit[0]["flagged"], bool)
+    assert all(row["chance_ratio"] >= 1 for row in audit)
+    probe = thresholds["probe"]
+    assert [row["point"] for row in probe] == ["FPR 0.1", "FPR 0.01", "FPR 0.001", "equal error"]
+    assert set(probe[1]["groups"]) == ink and len(probe[1]["classes"]) == 10
+    assert {"positive_rate", "error_rate", "fpr", "mean_error_rate"} <= set(probe[1]["groups"]["light ink"])
+    # The stability section reads the same groups (120 validation images each).
+    assert {g["name"]: g["size"] for g in numbers["groups"]} == dict.fromkeys(ink, 120)
 
 
 def _table_after(markdown: str, heading_start: str) -> list[dict[str, str]]:
@@ -201,6 +216,7 @@ def _bad_inputs(tmp_path: Path, checkpoint: Path) -> list[tuple[list[str], str]]
         ([str(empty)], "checkpoints/last.ckpt"),
         ([str(checkpoint), "--data", "nonexistent"], "data.name"),
         ([str(checkpoint), "--out", str(a_file / "report")], "--out"),
+        ([str(checkpoint), "--out", str(tmp_path / "r"), "--groups-csv", str(a_file)], "is not 'path,group'"),
     ]
 
 

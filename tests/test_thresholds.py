@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vicreg_lightning.metrics.thresholds import equal_error_threshold, match_audit, pair_scores, threshold_at_fmr
+from vicreg_lightning.metrics.thresholds import (
+    decision_audit,
+    equal_error_threshold,
+    match_audit,
+    pair_scores,
+    threshold_at_fmr,
+)
 
 
 def clustered(seed: int, n: int = 600, classes: int = 10, dim: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,5 +66,47 @@ def test_a_squeezed_subgroup_is_flagged_at_one_percent_and_a_random_grouping_is_
     random_groups = [f"site {int(i)}" for i in torch.randint(0, 3, (len(z),), generator=g)]
     others = [i for i in range(len(z)) if planted[i] == "rest"]
     audit = match_audit(z[others], labels[others], [random_groups[i] for i in others])
-    assert not any(row["flagged"] for row in audit if row["point"] in ("FMR 0.1", "FMR 0.01")), \
-        [(row["point"], row["fmr_ratio"]) for row in audit]
+    assert not any(row["flagged"] for row in audit), [(row["point"], row["fmr_ratio"]) for row in audit]
+
+
+def test_a_disparity_that_random_groups_reach_is_not_flagged():
+    """With few false matches per group (FMR 0.1% of 100 images' pairs), random groups alone give
+    ratios above the bound: the permutation baseline keeps them from being flagged."""
+    unvetoed = []
+    for seed in range(4):
+        z, labels = clustered(seed, n=240)
+        g = torch.Generator().manual_seed(seed)
+        random_groups = [f"site {int(i)}" for i in torch.randint(0, 4, (len(z),), generator=g)]
+        without, with_chance = (match_audit(z, labels, random_groups, permutations=k)[2] for k in (0, 100))
+        assert with_chance["fmr_ratio"] == without["fmr_ratio"] and without["chance_ratio"] is None
+        assert not with_chance["flagged"], with_chance
+        unvetoed.append(without["flagged"])
+    assert any(unvetoed)  # the bound alone would have flagged a random grouping
+
+
+def probe_scores(seed: int, n: int = 900, classes: int = 5) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    logits = torch.randn(n, classes, generator=g) + 2.5 * torch.nn.functional.one_hot(labels, classes)
+    sites = [f"site {int(i)}" for i in torch.randint(0, 3, (n,), generator=g)]
+    return logits, labels, sites
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_probe_audit_flags_a_group_the_decision_favours_and_not_a_random_one(seed):
+    logits, labels, sites = probe_scores(seed)
+    audit = {row["point"]: row for row in decision_audit(logits.softmax(1), labels, sites)}
+    assert not any(row["flagged"] for row in audit.values()), [(p, r["fpr_ratio"]) for p, r in audit.items()]
+    # Site 2's images look more like class 3 to the probe: its decision "class 3" fires more often there.
+    favoured = torch.tensor([site == "site 2" for site in sites])
+    logits[favoured, 3] += 1.5
+    row = {row["point"]: row for row in decision_audit(logits.softmax(1), labels, sites)}["FPR 0.01"]
+    assert row["flagged"] and row["worst_class"] == "3" and row["worst"] == "site 2"
+    # Its numbers against their definitions.
+    decided = logits.softmax(1)[:, 3].double() >= row["threshold"]
+    assert float(decided[labels != 3].double().mean()) == pytest.approx(0.01, abs=1 / (labels != 3).sum().item())
+    in_site = favoured & (labels != 3)
+    assert row["groups"]["site 2"]["fpr"] == pytest.approx(float(decided[in_site].double().mean()))
+    assert row["groups"]["site 2"]["error_rate"] == pytest.approx(
+        float((decided[favoured] != (labels[favoured] == 3)).double().mean()))
+    assert row["groups"]["site 2"]["positive_rate"] == pytest.approx(float(decided[favoured].double().mean()))

@@ -8,20 +8,32 @@ false matches of another: a rule about the group that nobody wrote down. :func:`
 not) at global false-match rates (:data:`OPERATING_POINTS`) and at the equal-error point, then
 reports per group the false-match rate (FMR) and the true-match rate (TMR), the ratio of the worst
 group's FMR to the best's, and a flag where that ratio exceeds ``bound`` (default
-:data:`DISPARITY_BOUND`). A group's pairs are those with both images in it (``pairs="within"``:
+:data:`DISPARITY_BOUND`) and what chance gives: the ratio reached by random groups of the same
+sizes (a permutation test over the images, which keeps the dependence of pairs that share an
+image). A group's pairs are those with both images in it (``pairs="within"``:
 sites, devices, populations) or with at least one (``"involving"``: classes, which have no
 impostor pair within).
+
+:func:`decision_audit` does the same for the other rule, "positive if score ≥ t" (a linear probe's
+one-vs-rest decision for each class): ``t`` set on all validation images at global false-positive
+rates and at the equal-error point, and per group the positive rate, the error rate and the
+false-positive rate among the group's images of other classes, whose worst/best ratio is flagged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 OPERATING_POINTS: tuple[float, ...] = (0.1, 0.01, 0.001)
 DISPARITY_BOUND = 2.0
+# A disparity is flagged only above what random groups of the same sizes reach (this quantile of
+# PERMUTATIONS regroupings): with few false matches per group, chance alone gives large ratios.
+PERMUTATIONS = 100
+CHANCE_QUANTILE = 0.99
 
 
 def pair_scores(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -56,16 +68,49 @@ def equal_error_threshold(genuine: Tensor, impostor: Tensor) -> float:
 def group_pairs(names: Sequence[str], first: Tensor, second: Tensor, pairs: str) -> tuple[list[str], Tensor, Tensor]:
     """The groups, and which pairs each holds as two aligned lists (a pair's index, a group's
     position): both images in the group (``within``) or at least one (``involving``)."""
+    group_names, member = _members(names)
+    pair_index, group = _pairs_of(member, first, second, pairs)
+    return group_names, pair_index, group
+
+
+def _members(names: Sequence[str]) -> tuple[list[str], Tensor]:
+    ids = {name: i for i, name in enumerate(dict.fromkeys(names))}
+    return list(ids), torch.tensor([ids[name] for name in names])
+
+
+def _pairs_of(member: Tensor, first: Tensor, second: Tensor, pairs: str) -> tuple[Tensor, Tensor]:
     if pairs not in ("within", "involving"):
         raise ValueError(f"pairs={pairs!r}: choose within or involving")
-    ids = {name: i for i, name in enumerate(dict.fromkeys(names))}
-    member = torch.tensor([ids[name] for name in names])
     a, b = member[first], member[second]
     index = torch.arange(len(first))
     if pairs == "within":
-        return list(ids), index[a == b], a[a == b]
+        return index[a == b], a[a == b]
     other = a != b
-    return list(ids), torch.cat([index, index[other]]), torch.cat([a, b[other]])
+    return torch.cat([index, index[other]]), torch.cat([a, b[other]])
+
+
+def _disparity(failures: Tensor, totals: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per column of ``(groups, K)`` counts: the worst group's failure rate over the best's, and
+    their rows, among the groups with a total; a best rate of 0 counts as one failure (the ratio
+    stays finite), a worst rate of 0 gives 1; NaN with fewer than two such groups."""
+    compared = totals > 0
+    rate = failures / totals.clamp(min=1)
+    worst = rate.masked_fill(~compared, -math.inf).max(0)
+    best = torch.where(failures > 0, rate, 1 / totals.clamp(min=1)).masked_fill(~compared, math.inf).min(0)
+    ratio = torch.where(worst.values > 0, worst.values / best.values, torch.ones_like(worst.values))
+    ratio[compared.sum(0) < 2] = math.nan
+    return ratio, worst.indices, best.indices
+
+
+def _chance(ratio_of: Callable[[Tensor], Tensor], member: Tensor, permutations: int, seed: int) -> Tensor:
+    """The :data:`CHANCE_QUANTILE` quantile of ``ratio_of(groups)`` over ``permutations`` random
+    regroupings of the same images into groups of the same sizes: the disparity that chance alone
+    gives (NaN: no permutations)."""
+    if permutations == 0:
+        return torch.full_like(ratio_of(member), math.nan)
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = [ratio_of(member[torch.randperm(len(member), generator=generator)]) for _ in range(permutations)]
+    return torch.stack(shuffled).nan_to_num(nan=1.0).quantile(CHANCE_QUANTILE, dim=0)
 
 
 def fmr_curves(embeddings: Tensor, labels: Tensor, groups: Sequence[str], thresholds: Tensor,
@@ -75,52 +120,150 @@ def fmr_curves(embeddings: Tensor, labels: Tensor, groups: Sequence[str], thresh
     cosine, genuine, first, second = pair_scores(embeddings, labels)
     names, pair_index, group = group_pairs(groups, first, second, pairs)
 
-    def curve(impostor: Tensor) -> Tensor:
-        return 1 - torch.searchsorted(impostor.sort().values, thresholds.double(), side="left") / len(impostor)
-
-    curves = {"all": curve(cosine[~genuine])}
+    curves = {"all": share_at_or_above(cosine[~genuine], thresholds)}
     impostor = ~genuine[pair_index]
     for position, name in enumerate(names):
         scores = cosine[pair_index[impostor & (group == position)]]
         if len(scores) and (only is None or name in only):
-            curves[name] = curve(scores)
+            curves[name] = share_at_or_above(scores, thresholds)
     return curves
+
+
+def share_at_or_above(scores: Tensor, thresholds: Tensor) -> Tensor:
+    """The share of ``scores`` ≥ each of ``thresholds`` (a false-match or false-positive rate curve
+    when ``scores`` are those of the negatives)."""
+    return 1 - torch.searchsorted(scores.double().sort().values, thresholds.double(), side="left") / len(scores)
 
 
 def match_audit(embeddings: Tensor, labels: Tensor, groups: Sequence[str] | Tensor,
                 operating_points: Sequence[float] = OPERATING_POINTS, bound: float = DISPARITY_BOUND,
-                pairs: str = "within") -> list[dict]:
+                pairs: str = "within", permutations: int = PERMUTATIONS, seed: int = 0) -> list[dict]:
     """Per operating point: ``{"point", "threshold", "global_fmr", "global_tmr", "groups": {group:
-    {"fmr", "tmr", "impostor_pairs", "genuine_pairs"}}, "fmr_ratio", "worst", "best", "flagged"}``.
+    {"fmr", "tmr", "impostor_pairs", "genuine_pairs"}}, "fmr_ratio", "worst", "best",
+    "chance_ratio", "flagged"}``.
 
-    The ratio is worst FMR / best FMR over the groups with impostor pairs (an FMR of 0 counts as
-    one false match in the group's pairs, so that the ratio stays finite)."""
+    The ratio is worst FMR / best FMR over the groups with impostor pairs (see :func:`_disparity`);
+    ``chance_ratio`` is what random groups of the same sizes reach (:func:`_chance`); flagged: the
+    ratio exceeds both ``bound`` and the chance ratio."""
     names = list(groups) if not isinstance(groups, Tensor) else [str(int(g)) for g in groups]
     cosine, genuine, first, second = pair_scores(embeddings, labels)
-    group_names, pair_index, group = group_pairs(names, first, second, pairs)
+    group_names, member = _members(names)
     count = len(group_names)
-    impostor = ~genuine[pair_index]
-    impostor_pairs = torch.bincount(group[impostor], minlength=count)
-    genuine_pairs = torch.bincount(group[~impostor], minlength=count)
     points = [(f"FMR {p:g}", threshold_at_fmr(cosine[~genuine], p)) for p in operating_points]
     points.append(("equal error", equal_error_threshold(cosine[genuine], cosine[~genuine])))
+    matched = torch.stack([cosine >= threshold for _, threshold in points], dim=1)  # (pairs, points)
+
+    def counts(member: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        pair_index, group = _pairs_of(member, first, second, pairs)
+        impostor, hit = ~genuine[pair_index], matched[pair_index]
+
+        def per_group(mask: Tensor) -> Tensor:  # (pairs of groups, points) -> (groups, points)
+            return torch.zeros(count, len(points), dtype=torch.float64).index_add_(0, group, mask.double())
+
+        return (per_group(hit & impostor[:, None]), per_group(impostor[:, None].expand_as(hit)),
+                per_group(hit & ~impostor[:, None]), per_group((~impostor)[:, None].expand_as(hit)))
+
+    false_matches, impostor_pairs, true_matches, genuine_pairs = counts(member)
+    ratio, worst, best = _disparity(false_matches, impostor_pairs)
+    chance = _chance(lambda shuffled: _disparity(*counts(shuffled)[:2])[0], member, permutations, seed)
     audit = []
-    for point, threshold in points:
-        matched = cosine >= threshold
-        hit = matched[pair_index]
-        false_matches = torch.bincount(group[impostor & hit], minlength=count)
-        true_matches = torch.bincount(group[~impostor & hit], minlength=count)
+    for k, (point, threshold) in enumerate(points):
         rows = {}
         for i, name in enumerate(group_names):
-            imp, gen = int(impostor_pairs[i]), int(genuine_pairs[i])
-            rows[name] = {"fmr": int(false_matches[i]) / imp if imp else None,
-                          "tmr": int(true_matches[i]) / gen if gen else None,
+            imp, gen = int(impostor_pairs[i, k]), int(genuine_pairs[i, k])
+            rows[name] = {"fmr": float(false_matches[i, k]) / imp if imp else None,
+                          "tmr": float(true_matches[i, k]) / gen if gen else None,
                           "impostor_pairs": imp, "genuine_pairs": gen}
-        rated = {name: row["fmr"] or 1 / row["impostor_pairs"] for name, row in rows.items() if row["fmr"] is not None}
-        worst, best = max(rated, key=rated.get), min(rated, key=rated.get)
-        ratio = rated[worst] / rated[best]
         audit.append({"point": point, "threshold": threshold,
-                      "global_fmr": float(matched[~genuine].double().mean()),
-                      "global_tmr": float(matched[genuine].double().mean()),
-                      "groups": rows, "fmr_ratio": ratio, "worst": worst, "best": best, "flagged": ratio > bound})
+                      "global_fmr": float(matched[~genuine, k].double().mean()),
+                      "global_tmr": float(matched[genuine, k].double().mean()),
+                      "groups": rows, "fmr_ratio": float(ratio[k]), "worst": group_names[int(worst[k])],
+                      "best": group_names[int(best[k])], "chance_ratio": _none_if_nan(chance[k]),
+                      "flagged": _flagged(ratio[k], chance[k], bound)})
     return audit
+
+
+def _flagged(ratio: Tensor, chance: Tensor, bound: float) -> bool:
+    return bool(ratio > bound) and not bool(ratio <= chance)  # a NaN chance (no permutations) never vetoes
+
+
+def _none_if_nan(value: Tensor) -> float | None:
+    return None if math.isnan(float(value)) else float(value)
+
+
+def decision_audit(scores: Tensor, labels: Tensor, groups: Sequence[str],
+                   operating_points: Sequence[float] = OPERATING_POINTS, bound: float = DISPARITY_BOUND,
+                   permutations: int = PERMUTATIONS, seed: int = 0) -> list[dict]:
+    """The one-vs-rest rule "class c if ``scores[:, c]`` ≥ t_c" for every class c (a column of
+    ``scores``, e.g. a probe's probabilities), t_c set on all rows at each global false-positive rate
+    of ``operating_points`` and at the equal-error point (false-positive = false-negative rate).
+
+    Per operating point: ``{"point", "decisions", "flagged_decisions", "worst_class", "threshold",
+    "fpr_ratio", "worst", "best", "chance_ratio", "flagged", "groups": {group: {"images",
+    "positive_rate", "error_rate", "fpr", "false_positives", "negatives", "mean_error_rate"}},
+    "classes": {c: {"threshold", "fpr_ratio", "worst", "best", "chance_ratio", "flagged"}}}``;
+    ``groups`` describes the decision of ``worst_class``, the flagged class whose worst/best ratio of
+    group false-positive rates is the largest (of all classes when none is flagged);
+    ``mean_error_rate`` is the group's error rate averaged over every class's decision. The ratio
+    (:func:`_disparity`) compares the groups holding images of other classes: a group made of class
+    c alone has no false positive of c to compare. Flagged as in :func:`match_audit`."""
+    group_names, member = _members(groups)
+    scores = scores.double()
+    classes = scores.shape[1]
+    positive = labels[:, None] == torch.arange(classes)
+    evaluable = (~positive).any(0) & positive.any(0)
+
+    def per_group(x: Tensor, member: Tensor) -> Tensor:  # (N, C) -> (groups, C) sums
+        return torch.zeros(len(group_names), classes, dtype=torch.float64).index_add_(0, member, x.double())
+
+    images = torch.bincount(member, minlength=len(group_names)).double()[:, None]
+    negatives = per_group(~positive, member)
+    audit = []
+    for point, thresholds in _decision_thresholds(scores, positive, evaluable, operating_points):
+        decided = scores >= thresholds
+        wrong_positive = decided & ~positive
+
+        def ratios(member: Tensor) -> Tensor:
+            ratio = _disparity(per_group(wrong_positive, member), per_group(~positive, member))[0]
+            return ratio.masked_fill(~evaluable, math.nan)
+
+        false_positives = per_group(wrong_positive, member)
+        ratio, worst, best = _disparity(false_positives, negatives)
+        ratio[~evaluable] = math.nan
+        chance = _chance(ratios, member, permutations, seed)
+        summary = {str(c): {"threshold": float(thresholds[c]), "fpr_ratio": float(ratio[c]),
+                            "worst": group_names[int(worst[c])], "best": group_names[int(best[c])],
+                            "chance_ratio": _none_if_nan(chance[c]), "flagged": _flagged(ratio[c], chance[c], bound)}
+                   for c in range(classes) if not math.isnan(float(ratio[c]))}
+        if not summary:
+            raise ValueError("no class decision has negatives in two groups: give at least two groups")
+        flagged = [name for name, row in summary.items() if row["flagged"]]
+        worst_class = max(flagged or summary, key=lambda c: summary[c]["fpr_ratio"])
+        c = int(worst_class)
+        fpr = false_positives / negatives
+        positive_rate, error_rate = per_group(decided, member) / images, per_group(decided ^ positive, member) / images
+        rows = {name: {"images": int(images[g]), "positive_rate": float(positive_rate[g, c]),
+                       "error_rate": float(error_rate[g, c]),
+                       "mean_error_rate": float(error_rate[g, evaluable].mean()),
+                       "fpr": float(fpr[g, c]) if negatives[g, c] > 0 else None,
+                       "false_positives": int(false_positives[g, c]), "negatives": int(negatives[g, c])}
+                for g, name in enumerate(group_names)}
+        audit.append({"point": point, "decisions": len(summary), "flagged_decisions": len(flagged),
+                      "worst_class": worst_class, **summary[worst_class], "groups": rows, "classes": summary})
+    return audit
+
+
+def _decision_thresholds(scores: Tensor, positive: Tensor, evaluable: Tensor, operating_points: Sequence[float]
+                         ) -> list[tuple[str, Tensor]]:
+    # Each column's thresholds from its own negatives and positives (columns without both: +inf, never positive).
+    points = []
+    for rate in operating_points:
+        thresholds = torch.full((scores.shape[1],), math.inf, dtype=torch.float64)
+        for c in evaluable.nonzero().flatten().tolist():
+            thresholds[c] = threshold_at_fmr(scores[~positive[:, c], c], rate)
+        points.append((f"FPR {rate:g}", thresholds))
+    thresholds = torch.full((scores.shape[1],), math.inf, dtype=torch.float64)
+    for c in evaluable.nonzero().flatten().tolist():
+        thresholds[c] = equal_error_threshold(scores[positive[:, c], c], scores[~positive[:, c], c])
+    points.append(("equal error", thresholds))
+    return points

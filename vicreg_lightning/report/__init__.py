@@ -22,20 +22,31 @@ of the training run (``<run dir>/.hydra/config.yaml``); validation images go thr
    untrained encoder of the same architecture, in the spirit of Ericsson, Gouk and Hospedales,
    "Why do self-supervised models transfer? Investigating the impact of invariance on downstream
    tasks" (arXiv:2111.11398).
-4. **Stability across groups and domains.** Per group (the classes; with ``--domain``, another
-   data set as one more group): RankMe at equal sample count, kNN accuracy, and the Fréchet
-   distance between Gaussians fitted to the group's features and to the rest's
-   (:func:`frechet_distance`), flagged by :func:`outlier_flags`.
+4. **What is discarded.** Linear read-outs of each nuisance attribute the recipe varies, from
+   pixels, features, embeddings and the untrained twin, beside the class read-out
+   (:mod:`.discarded`).
+5. **Hidden threshold rules.** One threshold set on the whole validation set for "same item if
+   cosine ≥ t" and for the probe's "class c if p ≥ t", per group: false-match, true-match,
+   positive, error and false-positive rates, the worst/best ratio and what chance gives
+   (:mod:`.thresholds`, :mod:`vicreg_lightning.metrics.thresholds`).
+6. **Stability across groups and domains.** Per group (the classes, or the groups of
+   ``--groups-csv``: :mod:`.metadata`; with ``--domain``, another data set as one more group):
+   RankMe at equal sample count, kNN accuracy, and the Fréchet distance between Gaussians fitted to
+   the group's features and to the rest's (:func:`frechet_distance`), flagged by
+   :func:`outlier_flags`.
 
 Scaling: features are extracted batch by batch on the chosen device (``--device``, CUDA when
 available; the spectra and group distances are computed there too on CUDA); every split is capped
 at ``--max-samples`` images (a seeded random subset), the invariance measurement at
-``--invariance-samples``, t-SNE at :data:`TSNE_MAX_POINTS`. No matrix is larger than ``D×D`` or
-``N×N`` for the capped ``N``.
+``--invariance-samples``, t-SNE at :data:`TSNE_MAX_POINTS`, the same-item threshold audit at
+:data:`~vicreg_lightning.report.thresholds.THRESHOLD_MAX_SAMPLES`. No matrix is larger than
+``D×D``, ``N×N`` or ``N×classes`` for the capped ``N``.
 
-The package: :mod:`.source` (what the report reads), :mod:`.invariance`, :mod:`.groups`,
-:mod:`.probes` (the measurements; the pure metrics are :mod:`vicreg_lightning.metrics`), :mod:`.figures`, :mod:`.document` (how they are shown),
-:mod:`.sections` (the report, :func:`write_report`) and :mod:`.__main__` (the command line).
+The package: :mod:`.source` (what the report reads), :mod:`.metadata` (groups from a CSV),
+:mod:`.invariance`, :mod:`.discarded`, :mod:`.groups`, :mod:`.probes` (the measurements; the pure
+metrics are :mod:`vicreg_lightning.metrics`), :mod:`.figures`, :mod:`.document` (how they are
+shown), :mod:`.thresholds` and :mod:`.sections` (the report's sections, :func:`write_report`) and
+:mod:`.__main__` (the command line).
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--map", dest="map_method", choices=MAP_METHODS, help="(default: %(default)s)")
     parser.add_argument("--threshold-bound", type=float,
                         help="flag a worst/best group false-match ratio above this (default: %(default)s)")
+    parser.add_argument("--groups-csv", help="a CSV of 'path,group' rows: the groups of the threshold audit and "
+                        "the stability section (default: the classes)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="skip the untrained encoder's invariance")
     parser.add_argument("--seed", type=int, help="(default: %(default)s)")

@@ -28,6 +28,7 @@ class ReportOptions:
     invariance_samples: int = MISSING
     map_method: str = MISSING
     threshold_bound: float = MISSING
+    groups_csv: Optional[str] = MISSING
     baseline: bool = MISSING
     seed: int = MISSING
 

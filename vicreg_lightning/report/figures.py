@@ -1,6 +1,6 @@
 """The report's PNG figures, drawn with matplotlib (Agg backend, imported on first use): spectrum,
 per-dimension std, correlation block, per-class probe accuracy, confusion matrix, embedding map,
-invariance per family and group stability."""
+invariance per family, threshold rules per group and group stability."""
 
 from __future__ import annotations
 
@@ -133,19 +133,30 @@ def _plot_invariance(
     _save(fig, path)
 
 
-def _plot_thresholds(thresholds: Tensor, curves: dict[str, Tensor], audit: list[dict], path: Path) -> None:
-    """Each group's false-match rate against the cosine threshold (log scale), the audit's
-    thresholds as vertical lines."""
+def _plot_thresholds(match: tuple[Tensor, dict[str, Tensor], list[dict]],
+                     decision: tuple[Tensor, dict[str, Tensor], list[dict], str], path: Path) -> None:
+    """Left: each group's false-match rate against the cosine threshold; right: each group's
+    false-positive rate against the probe's threshold for one class's decision; log scales, the
+    audits' thresholds as vertical lines (red: flagged)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, fmr in curves.items():
-        ax.plot(thresholds.numpy(), fmr.clamp(min=1e-5).numpy(), **({"color": "black", "linewidth": 2.5} if name == "all"
-                else {"linewidth": 1, "alpha": 0.8}), label=name)
-    for row in audit:
-        ax.axvline(row["threshold"], color="red" if row["flagged"] else "grey", linestyle=":", linewidth=1)
-    ax.set(yscale="log", xlabel="cosine threshold (same item if cosine ≥ t)", ylabel="false-match rate",
-           title="False-match rate per group (dotted: the audit's thresholds, red: flagged)")
-    ax.legend(fontsize=6, ncol=2)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    groups = sorted({name for curves in (match[1], decision[1]) for name in curves if name != "all"})
+    palette = plt.get_cmap("tab20")
+    colour = {name: palette(i % 20) for i, name in enumerate(groups)}  # a group has one colour in both panels
+    for ax, (thresholds, curves, audit, *_), xscale, xlabel, ylabel, title in (
+        (axes[0], match, "linear", "cosine threshold (same item if cosine ≥ t)", "false-match rate",
+         "Same-item rule: false-match rate per group"),
+        (axes[1], decision, "log", f"probe probability threshold (class {decision[3]} if p ≥ t)",
+         "false-positive rate", f"Probe decision 'class {decision[3]}': false-positive rate per group"),
+    ):
+        for name, rate in curves.items():
+            style = {"color": "black", "linewidth": 2.5} if name == "all" else \
+                {"color": colour[name], "linewidth": 1, "alpha": 0.8}
+            ax.plot(thresholds.numpy(), rate.clamp(min=1e-5).numpy(), label=name, **style)
+        for row in audit:
+            ax.axvline(row["threshold"], color="red" if row["flagged"] else "grey", linestyle=":", linewidth=1)
+        ax.set(xscale=xscale, yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+        ax.legend(fontsize=6, ncol=2)
     _save(fig, path)
 
 

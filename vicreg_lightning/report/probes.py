@@ -19,9 +19,10 @@ KNN_K = 20
 KNN_TEMPERATURE = 0.07
 
 
-def linear_probe(train_x: Tensor, train_y: Tensor, val_x: Tensor) -> np.ndarray:
-    """Predictions of a logistic regression (scikit-learn, L2, C=1) fitted on standardised
-    training features; unlabelled training samples are left out."""
+def linear_probe(train_x: Tensor, train_y: Tensor, val_x: Tensor, num_classes: int) -> np.ndarray:
+    """Class probabilities ``(N, num_classes)`` of a logistic regression (scikit-learn, L2, C=1)
+    fitted on standardised training features; unlabelled training samples are left out, a class
+    without training samples gets probability 0."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -29,7 +30,9 @@ def linear_probe(train_x: Tensor, train_y: Tensor, val_x: Tensor) -> np.ndarray:
     labelled = (train_y != UNLABELED).numpy()
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     probe.fit(train_x.numpy()[labelled], train_y.numpy()[labelled])
-    return probe.predict(val_x.numpy())
+    probabilities = np.zeros((len(val_x), num_classes))
+    probabilities[:, probe.classes_] = probe.predict_proba(val_x.numpy())
+    return probabilities
 
 
 def two_d_map(x: Tensor, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, Tensor, str]:

@@ -1,6 +1,7 @@
-"""The report itself: its options, its five sections (spectrum and health, linear probe and map,
-augmentation recipe and invariance, what is discarded, stability across groups) and :func:`write_report`, which
-evaluates an encoder and writes the figures, ``report.md``, ``report.html`` and ``report.json``."""
+"""The report itself: its sections (spectrum and health, linear probe and map, augmentation recipe
+and invariance, what is discarded, stability across groups; the threshold rules are
+:mod:`.thresholds`) and :func:`write_report`, which evaluates an encoder and writes the figures,
+``report.md``, ``report.html`` and ``report.json``."""
 
 from __future__ import annotations
 
@@ -33,7 +34,6 @@ from vicreg_lightning.report.figures import (
     _plot_confusion,
     _plot_correlation,
     _plot_groups,
-    _plot_thresholds,
     _plot_invariance,
     _plot_map,
     _plot_per_class,
@@ -41,7 +41,6 @@ from vicreg_lightning.report.figures import (
     _plot_std_hist,
 )
 from vicreg_lightning.metrics.groups import OUTLIER_NUM_STD
-from vicreg_lightning.metrics.thresholds import fmr_curves, match_audit
 from vicreg_lightning.report.discarded import (
     DISCARDED_BELOW,
     KEPT_MIN,
@@ -51,17 +50,16 @@ from vicreg_lightning.report.discarded import (
     representations,
 )
 from vicreg_lightning.report.groups import group_stability
+from vicreg_lightning.report.metadata import metadata_groups
 from vicreg_lightning.report.invariance import Encoder, measure_invariance, training_recipe
 from vicreg_lightning.report.probes import KNN_K, KNN_TEMPERATURE, _knn_correct, linear_probe, two_d_map
 from vicreg_lightning.report.source import SPACES, LoadedEncoder, capped, extract, untrained_twin
+from vicreg_lightning.report.thresholds import thresholds_section
 
 FIGURES: tuple[str, ...] = (
     "spectrum.png", "std_hist.png", "correlation.png", "probe_per_class.png", "confusion.png",
     "embedding_map.png", "invariance.png", "groups.png", "thresholds.png",
 )
-# Pairs grow as N²: the threshold audit reads a seeded draw of at most this many validation images.
-THRESHOLD_MAX_SAMPLES = 2000
-PLOTTED_GROUPS = 12  # the figure's curves: the groups with the most false matches at FMR 1%
 
 
 def _class_names(dataset: Dataset, num_classes: int) -> list[str]:
@@ -114,14 +112,14 @@ def _health_section(doc: Document, spaces: dict[str, Tensor], device: torch.devi
     return numbers
 
 
-def _probe_section(doc: Document, train: Features, val: Features, spaces: dict[str, Tensor],
+def _probe_section(doc: Document, probabilities: np.ndarray, val: Features, spaces: dict[str, Tensor],
                    names: list[str], online: float | None, map_method: str, seed: int, out: Path) -> dict[str, Any]:
     from sklearn.metrics import confusion_matrix
 
     doc.heading("Linear probe and embedding map")
     labelled = (val.labels != UNLABELED).numpy()
     truth = val.labels.numpy()
-    predictions = linear_probe(train.features, train.labels, val.features)
+    predictions = probabilities.argmax(axis=1)
     matrix = confusion_matrix(truth[labelled], predictions[labelled], labels=list(range(len(names))))
     per_class = np.diag(matrix) / np.maximum(matrix.sum(axis=1), 1)
     accuracy = float((predictions[labelled] == truth[labelled]).mean())
@@ -209,13 +207,16 @@ def _discarded_section(doc: Document, encoder: LoadedEncoder, images: Dataset, o
     return {"attributes": attributes, "read_outs": table, "kept_min": KEPT_MIN, "discarded_below": DISCARDED_BELOW}
 
 
-def _groups_section(doc: Document, encoder: LoadedEncoder, train: Features, val: Features,
-                    names: list[str], num_classes: int, options: ReportOptions, device: torch.device,
+def _groups_section(doc: Document, encoder: LoadedEncoder, train: Features, val: Features, names: list[str],
+                    metadata: list[str] | None, num_classes: int, options: ReportOptions, device: torch.device,
                     represent: Callable[[Dataset], Features], out: Path) -> list[dict[str, Any]]:
     doc.heading("Stability across groups and domains")
     features, embeddings, group_index = val.features, val.embeddings, val.labels
     knn_correct = _knn_correct(train, val, num_classes)
     group_names = [f"class {n}" for n in names]
+    if metadata is not None:
+        ids = {name: i for i, name in enumerate(dict.fromkeys(metadata))}
+        group_names, group_index = list(ids), torch.tensor([ids[name] for name in metadata])
     if options.domain_name is not None:
         domain_data = OmegaConf.merge(encoder.data, {"name": options.domain_name,
                                                      **({"root": options.domain_root} if options.domain_root else {})})
@@ -235,7 +236,8 @@ def _groups_section(doc: Document, encoder: LoadedEncoder, train: Features, val:
               [[g.name, g.size, _fmt(g.rankme_features, 1), _fmt(g.rankme_embeddings, 1), _fmt(g.knn_accuracy),
                 _fmt(g.distance, 2), "**yes**" if g.flagged else ""] for g in groups])
     domain_text = f" and the data set {options.domain_name} as one group" if options.domain_name else ""
-    doc.text(f"Groups: the validation classes{domain_text}. RankMe on {min(g.size for g in groups)} images of "
+    source = f"the groups of {options.groups_csv}" if metadata is not None else "the validation classes"
+    doc.text(f"Groups: {source}{domain_text}. RankMe on {min(g.size for g in groups)} images of "
              f"each group (the smallest group's size: RankMe grows with N). kNN: weighted cosine kNN (k={KNN_K}, "
              f"T={KNN_TEMPERATURE}) of the backbone features among the training features of the same data set. "
              "Distance: squared Fréchet distance between Gaussians fitted to the group's backbone features and to "
@@ -245,44 +247,6 @@ def _groups_section(doc: Document, encoder: LoadedEncoder, train: Features, val:
              "maps apart), not that it is wrong.")
     doc.figure("groups.png", "Per group: Fréchet distance to the rest (red: flagged), kNN accuracy and RankMe")
     return [asdict(g) for g in groups]
-
-
-def _thresholds_section(doc: Document, val: Features, names: list[str], options: ReportOptions,
-                        out: Path) -> dict[str, Any]:
-    doc.heading("Hidden threshold rules: one cosine threshold, per group")
-    space = "embeddings" if val.embeddings is not None else "features"
-    keep = torch.nonzero(val.labels != UNLABELED).flatten()
-    if len(keep) > THRESHOLD_MAX_SAMPLES:
-        draw = torch.randperm(len(keep), generator=torch.Generator().manual_seed(options.seed))
-        keep = keep[draw[:THRESHOLD_MAX_SAMPLES]].sort().values
-    z, labels = val.space(space)[keep], val.labels[keep]
-    groups = [f"class {names[int(label)]}" for label in labels]
-    audit = match_audit(z, labels, groups, bound=options.threshold_bound, pairs="involving")
-    thresholds = torch.linspace(-1, 1, 401)
-    at_one_percent = next((row for row in audit if row["point"] == "FMR 0.01"), audit[0])["groups"]
-    plotted = sorted(at_one_percent, key=lambda name: -(at_one_percent[name]["fmr"] or 0))[:PLOTTED_GROUPS]
-    _plot_thresholds(thresholds, fmr_curves(z, labels, groups, thresholds, pairs="involving", only=plotted), audit,
-                     out / "thresholds.png")
-
-    def group_cell(row: dict[str, Any], name: str) -> str:
-        return f"{name} ({_fmt(row['groups'][name]['fmr'])})"
-
-    doc.table(["operating point", "threshold", "FMR (all)", "TMR (all)", "worst group (FMR)", "best group (FMR)",
-               "worst / best", "flagged"],
-              [[row["point"], _fmt(row["threshold"]), _fmt(row["global_fmr"]), _fmt(row["global_tmr"]),
-                group_cell(row, row["worst"]), group_cell(row, row["best"]), _fmt(row["fmr_ratio"], 2),
-                "**yes**" if row["flagged"] else ""] for row in audit])
-    doc.text(f"A downstream rule \"same item if cosine ≥ t\" on the {space} of {len(z)} validation images: every pair "
-             "of images, genuine when both share a class, an impostor pair otherwise. t is set on all pairs at a "
-             "false-match rate (FMR: the share of impostor pairs that match) of 10%, 1% and 0.1%, and where FMR "
-             "equals the false-non-match rate (equal error); TMR is the share of genuine pairs that match. Groups: "
-             "the classes, each with the pairs that involve one of its images. Flagged: the worst group's FMR over "
-             f"the best's above {options.threshold_bound:g}× (--threshold-bound); an FMR of 0 counts as one false "
-             "match in the group's pairs. A flag says the same threshold makes many more false matches for one "
-             "group than another: a rule about that group that nobody wrote.")
-    doc.figure("thresholds.png", "False-match rate per group against the threshold")
-    return {"space": space, "groups": "classes", "pairs": "involving", "samples": len(z),
-            "bound": options.threshold_bound, "operating_points": audit}
 
 
 def write_report(encoder: LoadedEncoder, out: Path, options: ReportOptions) -> dict[str, Any]:
@@ -306,12 +270,16 @@ def write_report(encoder: LoadedEncoder, out: Path, options: ReportOptions) -> d
     if len(val_set) < 2 or len(train_set) < 2:  # type: ignore[arg-type]
         raise UserError(f"data={data.name}: the train and validation splits need at least 2 images each")
     names = _class_names(val_set, num_classes)
+    # The groups of --groups-csv, one per row of val (checked before anything slow); None: the classes.
+    groups = metadata_groups(options.groups_csv, capped(val_set, options.max_samples, seed), val_set, train_set,
+                             data.root) if options.groups_csv else None
 
     def represent(dataset: Dataset) -> Features:
         transformed = Transformed(capped(dataset, options.max_samples, seed), eval_transform(aug))
         return extract(encoder.backbone, encoder.expander, transformed, device, options.batch_size, workers)
 
     val, train = represent(val_set), represent(train_set)
+    probabilities = linear_probe(train.features, train.labels, val.features, num_classes)
     spaces = {space: x for space in SPACES if (x := val.space(space)) is not None}
     architecture = ", ".join(f"{k}={encoder.info[k]}" for k in ("arch", "backbone_kwargs", "pool", "small_stem", "expander")
                              if encoder.info.get(k) not in (None, {}))
@@ -327,16 +295,16 @@ def write_report(encoder: LoadedEncoder, out: Path, options: ReportOptions) -> d
                                                           "zero_init_residual", "expander")},
         "val_samples": len(val.labels), "train_samples": len(train.labels), "device": str(device),
         "health": _health_section(doc, spaces, stats_device, out),
-        "linear_probe": _probe_section(doc, train, val, spaces, names, metrics.get("val/probe_acc1"),
+        "linear_probe": _probe_section(doc, probabilities, val, spaces, names, metrics.get("val/probe_acc1"),
                                        options.map_method, seed, out),
     }
     numbers.update(_invariance_section(doc, encoder, capped(val_set, options.invariance_samples, seed), list(spaces),
                                        options, device, workers, out))
     numbers["discarded"] = _discarded_section(doc, encoder, capped(val_set, options.invariance_samples, seed), options,
                                               device)
-    numbers["thresholds"] = _thresholds_section(doc, val, names, options, out)
-    numbers["groups"] = _groups_section(doc, encoder, train, val, names, num_classes, options, stats_device, represent,
-                                        out)
+    numbers["thresholds"] = thresholds_section(doc, val, probabilities, names, groups, options, out)
+    numbers["groups"] = _groups_section(doc, encoder, train, val, names, groups, num_classes, options, stats_device,
+                                        represent, out)
     numbers["seconds"] = time.monotonic() - started
     doc.text(f"Written in {numbers['seconds']:.0f} s.")
     (out / "report.md").write_text(doc.markdown() + "\n")

@@ -1,0 +1,146 @@
+"""The report's section on hidden threshold rules: the same-item rule on the embeddings
+(:func:`~vicreg_lightning.metrics.thresholds.match_audit`) and the linear probe's decisions
+(:func:`~vicreg_lightning.metrics.thresholds.decision_audit`), per class or per metadata group."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vicreg_lightning.data.catalog import UNLABELED
+from vicreg_lightning.features import Features
+from vicreg_lightning.metrics.thresholds import (
+    CHANCE_QUANTILE,
+    OPERATING_POINTS,
+    PERMUTATIONS,
+    decision_audit,
+    fmr_curves,
+    match_audit,
+    share_at_or_above,
+)
+from vicreg_lightning.report.config import ReportOptions
+from vicreg_lightning.report.document import Document, _fmt
+from vicreg_lightning.report.figures import _plot_thresholds
+
+# Pairs grow as N²: the same-item audit reads a seeded draw of at most this many validation images.
+THRESHOLD_MAX_SAMPLES = 2000
+PLOTTED_GROUPS = 12  # the figure's curves: the groups with the most false matches at the 1% point
+TABLE_GROUPS = 30  # groups listed in the per-group table (the others are in report.json)
+ONE_PERCENT = OPERATING_POINTS.index(0.01)  # the operating point of the figure and the per-group table
+
+
+def thresholds_section(doc: Document, val: Features, probabilities: np.ndarray, names: Sequence[str],
+                       groups: Sequence[str] | None, options: ReportOptions, out: Path) -> dict[str, Any]:
+    """Both audits on the labelled validation images, grouped by ``groups`` (one name per image of
+    ``val``, from ``--groups-csv``) or, when None, by class."""
+    doc.heading("Hidden threshold rules: one threshold, per group")
+    labelled = torch.nonzero(val.labels != UNLABELED).flatten()
+    if groups is None:
+        groups = [f"class {names[int(label)]}" if label != UNLABELED else "" for label in val.labels]
+    # Classes have no impostor pair inside: a class's pairs are those involving one of its images.
+    pairs = "within" if options.groups_csv else "involving"
+    source = f"the groups of {options.groups_csv}" if options.groups_csv else "the classes"
+
+    drawn = labelled
+    if len(drawn) > THRESHOLD_MAX_SAMPLES:
+        draw = torch.randperm(len(drawn), generator=torch.Generator().manual_seed(options.seed))
+        drawn = drawn[draw[:THRESHOLD_MAX_SAMPLES]].sort().values
+    space = "embeddings" if val.embeddings is not None else "features"
+    z, labels, drawn_groups = val.space(space)[drawn], val.labels[drawn], [groups[i] for i in drawn]
+    match = match_audit(z, labels, drawn_groups, bound=options.threshold_bound, pairs=pairs, seed=options.seed)
+
+    decision_groups = [groups[i] for i in labelled]
+    scores = torch.from_numpy(probabilities)[labelled]
+    decision = decision_audit(scores, val.labels[labelled], decision_groups, bound=options.threshold_bound,
+                              seed=options.seed)
+
+    at_one_percent = match[ONE_PERCENT]["groups"]
+    plotted = sorted(at_one_percent, key=lambda name: -(at_one_percent[name]["fmr"] or 0))[:PLOTTED_GROUPS]
+    cosines = torch.linspace(-1, 1, 401)
+    probe_point = decision[ONE_PERCENT]
+    c = int(probe_point["worst_class"])
+    probability_grid = torch.logspace(-6, 0, 401)  # a probe's probabilities for other classes sit near 0
+    negative = val.labels[labelled] != c
+    group_of = np.array(decision_groups)
+    decision_curves = {"all": share_at_or_above(scores[negative, c], probability_grid)}
+    for name in sorted(probe_point["groups"], key=lambda n: -(probe_point["groups"][n]["fpr"] or 0))[:PLOTTED_GROUPS]:
+        rows = negative & torch.from_numpy(group_of == name)
+        if bool(rows.any()):
+            decision_curves[name] = share_at_or_above(scores[rows, c], probability_grid)
+    lines = [row["classes"][str(c)] for row in decision if str(c) in row["classes"]]
+    _plot_thresholds((cosines, fmr_curves(z, labels, drawn_groups, cosines, pairs=pairs, only=plotted), match),
+                     (probability_grid, decision_curves, lines, names[c]), out / "thresholds.png")
+
+    _match_table(doc, match)
+    doc.text(f"The rule \"same item if cosine ≥ t\" on the {space} of {len(z)} validation images: every pair of "
+             "images, genuine when both share a class, an impostor pair otherwise. t is set on all pairs at a "
+             "false-match rate (FMR: the share of impostor pairs that match) of 10%, 1% and 0.1%, and where FMR "
+             "equals the false-non-match rate (equal error); TMR is the share of genuine pairs that match. Groups: "
+             + ("the classes, each with the pairs that involve one of its images. " if pairs == "involving" else
+                f"{source}, each with the pairs of two of its images. ")
+             + f"Worst / best: the worst group's FMR over the best's (a best FMR of 0 counts as one false match in "
+             f"the group's pairs). By chance: the {CHANCE_QUANTILE:.0%} quantile of that ratio over {PERMUTATIONS} "
+             "random regroupings of the same images into groups of the same sizes. Flagged: the ratio above both "
+             f"{options.threshold_bound:g}× (--threshold-bound) and chance. A flag says the same threshold makes "
+             "many more false matches for one group than another, more than chance explains: a rule about that "
+             "group that nobody wrote.")
+    _decision_table(doc, decision, names)
+    doc.text(f"The rule \"class c if the linear probe's probability of c ≥ t\" (one decision per class, on "
+             f"{len(labelled)} validation images), t set on all images at a false-positive rate (FPR: the share of "
+             "images of other classes decided c) of 10%, 1% and 0.1%, and at the equal-error point. Per decision, "
+             f"the FPR of each of {source} among its images of other classes, its worst/best ratio and chance "
+             "ratio as above; the row names the flagged decision with the largest ratio (the largest of all when "
+             f"none is flagged) and counts the flagged decisions (by chance alone, about {1 - CHANCE_QUANTILE:.0%} "
+             "of them).")
+    _group_table(doc, match[ONE_PERCENT], probe_point, names)
+    doc.figure("thresholds.png", "Per group: false-match rate against the cosine threshold, and false-positive "
+               f"rate of the probe's decision 'class {names[c]}' against its threshold")
+    return {"space": space, "groups": "metadata" if options.groups_csv else "classes",
+            "groups_csv": options.groups_csv, "pairs": pairs, "samples": len(z), "bound": options.threshold_bound,
+            "operating_points": match, "probe_samples": len(labelled), "probe": decision}
+
+
+def _match_table(doc: Document, audit: list[dict]) -> None:
+    def group_cell(row: dict[str, Any], name: str) -> str:
+        return f"{name} ({_fmt(row['groups'][name]['fmr'])})"
+
+    doc.table(["operating point", "threshold", "FMR (all)", "TMR (all)", "worst group (FMR)", "best group (FMR)",
+               "worst / best", "by chance", "flagged"],
+              [[row["point"], _fmt(row["threshold"]), _fmt(row["global_fmr"]), _fmt(row["global_tmr"]),
+                group_cell(row, row["worst"]), group_cell(row, row["best"]), _fmt(row["fmr_ratio"], 2),
+                _fmt(row["chance_ratio"], 2), "**yes**" if row["flagged"] else ""] for row in audit])
+
+
+def _decision_table(doc: Document, audit: list[dict], names: Sequence[str]) -> None:
+    def group_cell(row: dict[str, Any], name: str) -> str:
+        group = row["groups"][name]
+        return f"{name} ({_fmt(group['fpr'])}: {group['false_positives']} of {group['negatives']})"
+
+    doc.table(["operating point", "decisions flagged", "worst decision", "threshold", "worst group (FPR)",
+               "best group (FPR)", "worst / best", "by chance", "flagged"],
+              [[row["point"], f"{row['flagged_decisions']} of {row['decisions']}", f"class {names[int(row['worst_class'])]}",
+                f"{row['threshold']:.3g}", group_cell(row, row["worst"]), group_cell(row, row["best"]),
+                _fmt(row["fpr_ratio"], 2), _fmt(row["chance_ratio"], 2), "**yes**" if row["flagged"] else ""]
+               for row in audit])
+
+
+def _group_table(doc: Document, match_point: dict[str, Any], probe_point: dict[str, Any], names: Sequence[str]) -> None:
+    c = names[int(probe_point["worst_class"])]
+    shown = sorted(match_point["groups"], key=lambda name: -(match_point["groups"][name]["fmr"] or 0))[:TABLE_GROUPS]
+    rows = []
+    for name in shown:
+        pair, probe = match_point["groups"][name], probe_point["groups"].get(name, {})
+        rows.append([name, probe.get("images", "–"), _fmt(pair["fmr"]), _fmt(pair["tmr"]),
+                     _fmt(probe.get("positive_rate")), _fmt(probe.get("error_rate")),
+                     _fmt(probe.get("mean_error_rate"))])
+    doc.table(["group", "images", "FMR", "TMR", f"probe 'class {c}': positive rate", "error rate",
+               "probe: mean error rate (all decisions)"], rows)
+    more = f" (the {TABLE_GROUPS} with the highest FMR; every group is in report.json)" if len(match_point["groups"]) \
+        > TABLE_GROUPS else ""
+    doc.text(f"Per group at the 1% operating points{more}: the same-item rule's FMR and TMR, and the probe's "
+             f"decision 'class {c}' (the worst at FPR 1%): the share of the group's images decided positive and "
+             "decided wrongly; the last column averages the group's error rate over every class's decision.")
