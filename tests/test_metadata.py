@@ -118,14 +118,16 @@ def test_bad_csvs_get_one_message_naming_the_file_and_the_fix(tmp_path):
     assert "1 of the 400 validation images have no row" in error(dict(list(good.items())[1:]))
     assert "1 rows name no image (e.g. 'val/class0/999.png')" in error({**good, "val/class0/999.png": "site A"})
     assert "two groups" in error({f: "site A" for f in files})
-    assert "line 3" in error(text=f"path,group\n{files[0]},a\n{files[0]},b\n") and "in two groups" in \
-        error(text=f"path,group\n{files[0]},a\n{files[0]},b\n")
+    # The file's own line numbers, blank lines counted.
+    assert "line 5: 'val/class0/0.png' is in two groups" in error(text=f"path,group\n\n{files[0]},a\n\n{files[0]},b\n")
     assert "is not 'path,group'" in error(text="a,b,c\n")
     assert "empty" in error(text="\n")
     with pytest.raises(UserError, match="cannot be read"):
         read_groups_csv(tmp_path / "missing.csv")
     # A header names the columns (others ignored, any order); rows for training images are allowed.
-    text = "group,site_id,path\n" + "".join(f"{g},x,./{f}\n" for f, g in good.items()) + "site C,x,train/class0/0.png\n"
+    # Absolute paths under data.root are taken relative to it.
+    text = "group,site_id,path\n" + "".join(f"{g},x,{tmp_path / 'data' / f}\n" for f, g in good.items()) + \
+        "site C,x,./train/class0/0.png\n"
     (tmp_path / "groups.csv").write_text(text)
     assert metadata_groups(tmp_path / "groups.csv", val_set, val_set, train_set, data.root) == \
         [good[f] for f in sample_ids(val_set, data.root)]
@@ -157,3 +159,22 @@ def test_the_threshold_section_audits_both_rules_per_group(tmp_path, grouping):
     assert {"images", "positive_rate", "error_rate", "fpr", "mean_error_rate"} <= set(probe["groups"]["site A"
                                                                                                        if groups else "class 1"])
     assert "probe 'class 0': positive rate" in doc.markdown()
+
+
+def test_two_sites_that_each_hold_one_class_leave_the_audits_nothing_to_compare(tmp_path):
+    files, _ = planted_folder(tmp_path / "data", 0)
+    data = folder_data(tmp_path / "data")
+    train_set, val_set, _ = build_datasets(data)
+    z, labels = pixel_embeddings(val_set)
+    csv = write_csv(tmp_path / "g.csv", {f: f"site {f.split('/')[1]}" for f in files})  # site = class
+    groups = metadata_groups(csv, val_set, val_set, train_set, data.root)
+    # Two classes in two sites: a decision's negatives all sit in the other site.
+    two = torch.nonzero(labels < 2).flatten()
+    doc = Document("test")
+    probabilities = torch.nn.functional.one_hot(labels[two], 2).double().numpy()
+    numbers = thresholds_section(doc, Features(z[two], None, labels[two]), probabilities, ["0", "1"],
+                                 [groups[i] for i in two], report_options(groups_csv=str(csv)), tmp_path)
+    assert numbers["probe"] == [] and "No probe decision can be compared" in doc.markdown()
+    # Within a site every pair is genuine: no group can be compared, and report.json gets None, not NaN.
+    assert all(row["fmr_ratio"] is None and not row["flagged"] for row in numbers["operating_points"])
+    assert (tmp_path / "thresholds.png").exists()

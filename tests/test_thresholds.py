@@ -110,3 +110,28 @@ def test_the_probe_audit_flags_a_group_the_decision_favours_and_not_a_random_one
     assert row["groups"]["site 2"]["error_rate"] == pytest.approx(
         float((decided[favoured] != (labels[favoured] == 3)).double().mean()))
     assert row["groups"]["site 2"]["positive_rate"] == pytest.approx(float(decided[favoured].double().mean()))
+
+
+@pytest.mark.parametrize("pairs", ["within", "involving"])
+def test_per_group_rates_count_the_groups_pairs(pairs):
+    z, labels = clustered(3, n=120)
+    groups = [f"site {i % 3}" if pairs == "within" else f"class {int(label)}" for i, label in enumerate(labels)]
+    cosine, genuine, first, second = pair_scores(z, labels)
+    for row in match_audit(z, labels, groups, pairs=pairs, permutations=0):
+        matched = cosine >= row["threshold"]
+        for name, rates in row["groups"].items():
+            a, b = torch.tensor([groups[i] == name for i in first]), torch.tensor([groups[i] == name for i in second])
+            mine = (a & b) if pairs == "within" else (a | b)
+            assert rates["impostor_pairs"] == int((mine & ~genuine).sum())
+            assert rates["fmr"] == pytest.approx(float(matched[mine & ~genuine].double().mean()), abs=1e-12)
+            if rates["genuine_pairs"]:
+                assert rates["tmr"] == pytest.approx(float(matched[mine & genuine].double().mean()), abs=1e-12)
+
+
+def test_groups_that_cannot_be_compared_give_none_not_nan():
+    z, labels = clustered(0, n=60, classes=2)
+    # Each site holds one class: no impostor pair within a site, no probe decision with negatives in two sites.
+    sites = [f"site {int(label)}" for label in labels]
+    audit = match_audit(z, labels, sites)
+    assert all(row["fmr_ratio"] is None and row["worst"] is None and not row["flagged"] for row in audit)
+    assert decision_audit(torch.nn.functional.one_hot(labels, 2).double(), labels, sites) == []

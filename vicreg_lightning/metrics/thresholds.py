@@ -68,25 +68,20 @@ def equal_error_threshold(genuine: Tensor, impostor: Tensor) -> float:
 def group_pairs(names: Sequence[str], first: Tensor, second: Tensor, pairs: str) -> tuple[list[str], Tensor, Tensor]:
     """The groups, and which pairs each holds as two aligned lists (a pair's index, a group's
     position): both images in the group (``within``) or at least one (``involving``)."""
+    if pairs not in ("within", "involving"):
+        raise ValueError(f"pairs={pairs!r}: choose within or involving")
     group_names, member = _members(names)
-    pair_index, group = _pairs_of(member, first, second, pairs)
-    return group_names, pair_index, group
+    a, b = member[first], member[second]
+    index = torch.arange(len(first))
+    if pairs == "within":
+        return group_names, index[a == b], a[a == b]
+    other = a != b
+    return group_names, torch.cat([index, index[other]]), torch.cat([a, b[other]])
 
 
 def _members(names: Sequence[str]) -> tuple[list[str], Tensor]:
     ids = {name: i for i, name in enumerate(dict.fromkeys(names))}
     return list(ids), torch.tensor([ids[name] for name in names])
-
-
-def _pairs_of(member: Tensor, first: Tensor, second: Tensor, pairs: str) -> tuple[Tensor, Tensor]:
-    if pairs not in ("within", "involving"):
-        raise ValueError(f"pairs={pairs!r}: choose within or involving")
-    a, b = member[first], member[second]
-    index = torch.arange(len(first))
-    if pairs == "within":
-        return index[a == b], a[a == b]
-    other = a != b
-    return torch.cat([index, index[other]]), torch.cat([a, b[other]])
 
 
 def _disparity(failures: Tensor, totals: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -114,19 +109,18 @@ def _chance(ratio_of: Callable[[Tensor], Tensor], member: Tensor, permutations: 
 
 
 def fmr_curves(embeddings: Tensor, labels: Tensor, groups: Sequence[str], thresholds: Tensor,
-               pairs: str = "within", only: Sequence[str] | None = None) -> dict[str, Tensor]:
-    """The false-match rate at each of ``thresholds`` of every impostor pair (``"all"``) and of each
-    group's (those in ``only``, when given)."""
+               pairs: str = "within", only: Sequence[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """The false-match rate at each of ``thresholds`` of every impostor pair, and of each group's
+    (those in ``only``, when given)."""
     cosine, genuine, first, second = pair_scores(embeddings, labels)
     names, pair_index, group = group_pairs(groups, first, second, pairs)
-
-    curves = {"all": share_at_or_above(cosine[~genuine], thresholds)}
+    curves = {}
     impostor = ~genuine[pair_index]
     for position, name in enumerate(names):
         scores = cosine[pair_index[impostor & (group == position)]]
         if len(scores) and (only is None or name in only):
             curves[name] = share_at_or_above(scores, thresholds)
-    return curves
+    return share_at_or_above(cosine[~genuine], thresholds), curves
 
 
 def share_at_or_above(scores: Tensor, thresholds: Tensor) -> Tensor:
@@ -144,8 +138,11 @@ def match_audit(embeddings: Tensor, labels: Tensor, groups: Sequence[str] | Tens
 
     The ratio is worst FMR / best FMR over the groups with impostor pairs (see :func:`_disparity`);
     ``chance_ratio`` is what random groups of the same sizes reach (:func:`_chance`); flagged: the
-    ratio exceeds both ``bound`` and the chance ratio."""
+    ratio exceeds both ``bound`` and the chance ratio. With fewer than two groups holding impostor
+    pairs, the ratio, ``worst``, ``best`` and ``chance_ratio`` are None."""
     names = list(groups) if not isinstance(groups, Tensor) else [str(int(g)) for g in groups]
+    if pairs not in ("within", "involving"):
+        raise ValueError(f"pairs={pairs!r}: choose within or involving")
     cosine, genuine, first, second = pair_scores(embeddings, labels)
     group_names, member = _members(names)
     count = len(group_names)
@@ -153,15 +150,24 @@ def match_audit(embeddings: Tensor, labels: Tensor, groups: Sequence[str] | Tens
     points.append(("equal error", equal_error_threshold(cosine[genuine], cosine[~genuine])))
     matched = torch.stack([cosine >= threshold for _, threshold in points], dim=1)  # (pairs, points)
 
+    # Per pair: false match at each point, impostor, true match at each point, genuine (float32 counts
+    # are exact far beyond the 2·10⁶ pairs of THRESHOLD_MAX_SAMPLES images).
+    kinds = len(points)
+    stats = torch.cat([matched & ~genuine[:, None], ~genuine[:, None], matched & genuine[:, None], genuine[:, None]],
+                      dim=1).float()
+    # A group's "involving" pairs are the pairs of its images, less those counted twice (both images in it):
+    # per-image sums do not change when images are regrouped, so each regrouping costs one pass over pairs.
+    per_image = torch.zeros(len(names), stats.shape[1]).index_add_(0, first, stats).index_add_(0, second, stats)
+
     def counts(member: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        pair_index, group = _pairs_of(member, first, second, pairs)
-        impostor, hit = ~genuine[pair_index], matched[pair_index]
-
-        def per_group(mask: Tensor) -> Tensor:  # (pairs of groups, points) -> (groups, points)
-            return torch.zeros(count, len(points), dtype=torch.float64).index_add_(0, group, mask.double())
-
-        return (per_group(hit & impostor[:, None]), per_group(impostor[:, None].expand_as(hit)),
-                per_group(hit & ~impostor[:, None]), per_group((~impostor)[:, None].expand_as(hit)))
+        a = member[first]
+        within = a == member[second]
+        totals = torch.zeros(count, stats.shape[1]).index_add_(0, a[within], stats[within])
+        if pairs == "involving":
+            totals = torch.zeros(count, stats.shape[1]).index_add_(0, member, per_image) - totals
+        totals = totals.double()
+        return (totals[:, :kinds], totals[:, kinds].unsqueeze(1).expand(-1, kinds),
+                totals[:, kinds + 1:2 * kinds + 1], totals[:, -1].unsqueeze(1).expand(-1, kinds))
 
     false_matches, impostor_pairs, true_matches, genuine_pairs = counts(member)
     ratio, worst, best = _disparity(false_matches, impostor_pairs)
@@ -177,10 +183,17 @@ def match_audit(embeddings: Tensor, labels: Tensor, groups: Sequence[str] | Tens
         audit.append({"point": point, "threshold": threshold,
                       "global_fmr": float(matched[~genuine, k].double().mean()),
                       "global_tmr": float(matched[genuine, k].double().mean()),
-                      "groups": rows, "fmr_ratio": float(ratio[k]), "worst": group_names[int(worst[k])],
-                      "best": group_names[int(best[k])], "chance_ratio": _none_if_nan(chance[k]),
-                      "flagged": _flagged(ratio[k], chance[k], bound)})
+                      "groups": rows, **_comparison(ratio[k], worst[k], best[k], chance[k], group_names, bound)})
     return audit
+
+
+def _comparison(ratio: Tensor, worst: Tensor, best: Tensor, chance: Tensor, names: Sequence[str], bound: float,
+                key: str = "fmr_ratio") -> dict:
+    # None, not NaN, where fewer than two groups can be compared (report.json stays strict JSON).
+    if math.isnan(float(ratio)):
+        return {key: None, "worst": None, "best": None, "chance_ratio": None, "flagged": False}
+    return {key: float(ratio), "worst": names[int(worst)], "best": names[int(best)],
+            "chance_ratio": _none_if_nan(chance), "flagged": _flagged(ratio, chance, bound)}
 
 
 def _flagged(ratio: Tensor, chance: Tensor, bound: float) -> bool:
@@ -206,7 +219,8 @@ def decision_audit(scores: Tensor, labels: Tensor, groups: Sequence[str],
     group false-positive rates is the largest (of all classes when none is flagged);
     ``mean_error_rate`` is the group's error rate averaged over every class's decision. The ratio
     (:func:`_disparity`) compares the groups holding images of other classes: a group made of class
-    c alone has no false positive of c to compare. Flagged as in :func:`match_audit`."""
+    c alone has no false positive of c to compare. Flagged as in :func:`match_audit`. Empty when no
+    decision can be compared (no class has images of other classes in two groups)."""
     group_names, member = _members(groups)
     scores = scores.double()
     classes = scores.shape[1]
@@ -231,12 +245,11 @@ def decision_audit(scores: Tensor, labels: Tensor, groups: Sequence[str],
         ratio, worst, best = _disparity(false_positives, negatives)
         ratio[~evaluable] = math.nan
         chance = _chance(ratios, member, permutations, seed)
-        summary = {str(c): {"threshold": float(thresholds[c]), "fpr_ratio": float(ratio[c]),
-                            "worst": group_names[int(worst[c])], "best": group_names[int(best[c])],
-                            "chance_ratio": _none_if_nan(chance[c]), "flagged": _flagged(ratio[c], chance[c], bound)}
+        summary = {str(c): {"threshold": float(thresholds[c]),
+                            **_comparison(ratio[c], worst[c], best[c], chance[c], group_names, bound, "fpr_ratio")}
                    for c in range(classes) if not math.isnan(float(ratio[c]))}
-        if not summary:
-            raise ValueError("no class decision has negatives in two groups: give at least two groups")
+        if not summary:  # every group holds one class, or no class has images in two groups
+            return []
         flagged = [name for name, row in summary.items() if row["flagged"]]
         worst_class = max(flagged or summary, key=lambda c: summary[c]["fpr_ratio"])
         c = int(worst_class)

@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--invariance-samples", type=int, help="validation images for invariance (default: %(default)s)")
     parser.add_argument("--map", dest="map_method", choices=MAP_METHODS, help="(default: %(default)s)")
     parser.add_argument("--threshold-bound", type=float,
-                        help="flag a worst/best group false-match ratio above this (default: %(default)s)")
+                        help="flag a worst/best group ratio of false-match or false-positive rates above this "
+                        "(and above chance) (default: %(default)s)")
     parser.add_argument("--groups-csv", help="a CSV of 'path,group' rows: the groups of the threshold audit and "
                         "the stability section (default: the classes)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from torch import Tensor
@@ -133,27 +133,40 @@ def _plot_invariance(
     _save(fig, path)
 
 
-def _plot_thresholds(match: tuple[Tensor, dict[str, Tensor], list[dict]],
-                     decision: tuple[Tensor, dict[str, Tensor], list[dict], str], path: Path) -> None:
+class Panel(NamedTuple):
+    """One panel of ``thresholds.png``: a rate against the threshold, for every pair or image and
+    per group, and the audit's thresholds (dicts with ``threshold`` and ``flagged``)."""
+
+    thresholds: Tensor
+    overall: Tensor
+    groups: dict[str, Tensor]
+    lines: list[dict]
+
+
+def _plot_thresholds(match: Panel, decision: Panel | None, decision_class: str, path: Path) -> None:
     """Left: each group's false-match rate against the cosine threshold; right: each group's
     false-positive rate against the probe's threshold for one class's decision; log scales, the
     audits' thresholds as vertical lines (red: flagged)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    groups = sorted({name for curves in (match[1], decision[1]) for name in curves if name != "all"})
+    groups = sorted({name for panel in (match, decision) if panel for name in panel.groups})
     palette = plt.get_cmap("tab20")
     colour = {name: palette(i % 20) for i, name in enumerate(groups)}  # a group has one colour in both panels
-    for ax, (thresholds, curves, audit, *_), xscale, xlabel, ylabel, title in (
+    for ax, panel, xscale, xlabel, ylabel, title in (
         (axes[0], match, "linear", "cosine threshold (same item if cosine ≥ t)", "false-match rate",
          "Same-item rule: false-match rate per group"),
-        (axes[1], decision, "log", f"probe probability threshold (class {decision[3]} if p ≥ t)",
-         "false-positive rate", f"Probe decision 'class {decision[3]}': false-positive rate per group"),
+        (axes[1], decision, "log", f"probe probability threshold (class {decision_class} if p ≥ t)",
+         "false-positive rate", f"Probe decision 'class {decision_class}': false-positive rate per group"),
     ):
-        for name, rate in curves.items():
-            style = {"color": "black", "linewidth": 2.5} if name == "all" else \
-                {"color": colour[name], "linewidth": 1, "alpha": 0.8}
-            ax.plot(thresholds.numpy(), rate.clamp(min=1e-5).numpy(), label=name, **style)
-        for row in audit:
+        if panel is None:
+            ax.text(0.5, 0.5, "no probe decision to compare across these groups", ha="center", va="center")
+            ax.set_axis_off()
+            continue
+        x = panel.thresholds.numpy()
+        ax.plot(x, panel.overall.clamp(min=1e-5).numpy(), color="black", linewidth=2.5, label="all")
+        for name, rate in panel.groups.items():
+            ax.plot(x, rate.clamp(min=1e-5).numpy(), color=colour[name], linewidth=1, alpha=0.8, label=name)
+        for row in panel.lines:
             ax.axvline(row["threshold"], color="red" if row["flagged"] else "grey", linestyle=":", linewidth=1)
         ax.set(xscale=xscale, yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
         ax.legend(fontsize=6, ncol=2)

@@ -4,8 +4,9 @@ image a group (site, device, population) for the stability section and the thres
 A validation image's id is its file's path relative to ``data.root`` for data read from files
 (``imagefolder``, ``imagenet``: ``val/cat/0001.png``), and its position in the validation split for
 the in-memory data sets (``digits``, ``cifar10``/``cifar100``: the test set, ``stl10``: the test
-split; ``0`` to N−1). A header row naming the columns ``path`` and ``group`` is optional (other
-columns are ignored then); without one, every row is exactly ``path,group``.
+split; ``0`` to N−1); an absolute path under ``data.root`` is taken relative to it. A header row
+naming the columns ``path`` and ``group`` is optional (other columns are ignored then); without
+one, every row is exactly ``path,group``. Blank lines are skipped.
 """
 
 from __future__ import annotations
@@ -39,26 +40,29 @@ def sample_ids(dataset: Dataset, root: str) -> list[str]:
     return [os.path.relpath(path, root).replace(os.sep, "/") for path, _ in samples]
 
 
-def read_groups_csv(path: str | Path) -> dict[str, str]:
-    """``{path: group}`` from the CSV; a :class:`UserError` names the file, the line and the fix."""
+def read_groups_csv(path: str | Path, root: str = "") -> dict[str, str]:
+    """``{path: group}`` from the CSV (an absolute path under ``root`` made relative to it); a
+    :class:`UserError` names the file, the line and the fix."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as file:
-            rows = [row for row in csv.reader(file) if any(cell.strip() for cell in row)]
+            reader = csv.reader(file)
+            # (the file's line number, the row), blank rows left out
+            rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
     except OSError as e:
         raise UserError(f"{FLAG} {str(path)!r}: cannot be read ({e.strerror or e})") from None
     except (UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{FLAG} {str(path)!r}: not a UTF-8 CSV ({e})") from None
     if not rows:
         raise UserError(f"{FLAG} {str(path)!r}: empty; give one row 'path,group' per validation image")
-    header = [cell.strip().lower() for cell in rows[0]]
-    columns, first = ((header.index("path"), header.index("group")), 2) if {"path", "group"} <= set(header) \
-        else ((0, 1), 1)
+    header = [cell.strip().lower() for cell in rows[0][1]]
+    has_header = {"path", "group"} <= set(header)
+    columns = (header.index("path"), header.index("group")) if has_header else (0, 1)
     groups: dict[str, str] = {}
-    for line, row in enumerate(rows[first - 1:], start=first):
-        if len(row) <= max(columns) or (first == 1 and len(row) != 2):
+    for line, row in rows[1:] if has_header else rows:
+        if len(row) <= max(columns) or (not has_header and len(row) != 2):
             raise UserError(f"{FLAG} {str(path)!r}, line {line}: {','.join(row)!r} is not 'path,group' "
                             "(or give a header row naming the columns path and group)")
-        key, group = _normalised(row[columns[0]]), row[columns[1]].strip()
+        key, group = _normalised(row[columns[0]], root), row[columns[1]].strip()
         if not key or not group:
             raise UserError(f"{FLAG} {str(path)!r}, line {line}: an empty path or group in {','.join(row)!r}")
         if groups.setdefault(key, group) != group:
@@ -72,16 +76,17 @@ def metadata_groups(path: str | Path, dataset: Dataset, validation_set: Dataset,
     """The group of each sample of ``dataset`` (a draw from ``validation_set``) from the CSV at
     ``path``: every sample needs a row; a row that names no image (a typo, another root) is an
     error too, rows for training images of a folder data set are allowed. At least two groups."""
-    groups = read_groups_csv(path)
+    groups = read_groups_csv(path, root)
     ids = sample_ids(dataset, root)
     missing = [i for i in ids if i not in groups]
     if missing:
         raise UserError(f"{FLAG} {str(path)!r}: {len(missing)} of the {len(ids)} validation images have no row "
                         f"(e.g. {missing[0]!r}); ids are {_id_rule(validation_set)}")
     known = set(sample_ids(validation_set, root))
-    if not _in_memory(validation_set):  # positions of the training split would be other images
-        known |= set(sample_ids(train_set, root))
     unknown = [key for key in groups if key not in known]
+    if unknown and not _in_memory(validation_set):  # positions of the training split would be other images
+        known = set(sample_ids(train_set, root))
+        unknown = [key for key in unknown if key not in known]
     if unknown:
         raise UserError(f"{FLAG} {str(path)!r}: {len(unknown)} rows name no image (e.g. {unknown[0]!r}); ids are "
                         f"{_id_rule(validation_set)}")
@@ -92,8 +97,11 @@ def metadata_groups(path: str | Path, dataset: Dataset, validation_set: Dataset,
     return chosen
 
 
-def _normalised(path: str) -> str:
-    path = path.strip().replace("\\", "/")
+def _normalised(path: str, root: str) -> str:
+    path = path.strip()
+    if root and os.path.isabs(path):
+        path = os.path.relpath(path, root)
+    path = path.replace("\\", "/")
     return path[2:] if path.startswith("./") else path
 
 

@@ -211,7 +211,7 @@ def _groups_section(doc: Document, encoder: LoadedEncoder, train: Features, val:
                     metadata: list[str] | None, num_classes: int, options: ReportOptions, device: torch.device,
                     represent: Callable[[Dataset], Features], out: Path) -> list[dict[str, Any]]:
     doc.heading("Stability across groups and domains")
-    features, embeddings, group_index = val.features, val.embeddings, val.labels
+    features, embeddings, group_index, labels = val.features, val.embeddings, val.labels, val.labels
     knn_correct = _knn_correct(train, val, num_classes)
     group_names = [f"class {n}" for n in names]
     if metadata is not None:
@@ -225,9 +225,10 @@ def _groups_section(doc: Document, encoder: LoadedEncoder, train: Features, val:
         features = torch.cat([features, domain.features])
         embeddings = torch.cat([embeddings, domain.embeddings]) if embeddings is not None else None
         group_index = torch.cat([group_index, torch.full_like(domain.labels, len(group_names))])
+        labels = torch.cat([labels, domain.labels])
         knn_correct = torch.cat([knn_correct, _knn_correct(domain_bank, domain, domain_classes)])
         group_names.append(f"domain {options.domain_name}")
-    keep = group_index != UNLABELED
+    keep = labels != UNLABELED  # kNN accuracy needs a label
     groups = group_stability(features[keep], embeddings[keep] if embeddings is not None else None,
                              group_index[keep], group_names, knn_correct[keep], options.seed, device=device)
     _plot_groups(groups, out / "groups.png")

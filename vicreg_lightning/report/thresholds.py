@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from vicreg_lightning.data.catalog import UNLABELED
 from vicreg_lightning.features import Features
@@ -24,7 +25,7 @@ from vicreg_lightning.metrics.thresholds import (
 )
 from vicreg_lightning.report.config import ReportOptions
 from vicreg_lightning.report.document import Document, _fmt
-from vicreg_lightning.report.figures import _plot_thresholds
+from vicreg_lightning.report.figures import Panel, _plot_thresholds
 
 # Pairs grow as N²: the same-item audit reads a seeded draw of at most this many validation images.
 THRESHOLD_MAX_SAMPLES = 2000
@@ -61,19 +62,10 @@ def thresholds_section(doc: Document, val: Features, probabilities: np.ndarray, 
     at_one_percent = match[ONE_PERCENT]["groups"]
     plotted = sorted(at_one_percent, key=lambda name: -(at_one_percent[name]["fmr"] or 0))[:PLOTTED_GROUPS]
     cosines = torch.linspace(-1, 1, 401)
-    probe_point = decision[ONE_PERCENT]
-    c = int(probe_point["worst_class"])
-    probability_grid = torch.logspace(-6, 0, 401)  # a probe's probabilities for other classes sit near 0
-    negative = val.labels[labelled] != c
-    group_of = np.array(decision_groups)
-    decision_curves = {"all": share_at_or_above(scores[negative, c], probability_grid)}
-    for name in sorted(probe_point["groups"], key=lambda n: -(probe_point["groups"][n]["fpr"] or 0))[:PLOTTED_GROUPS]:
-        rows = negative & torch.from_numpy(group_of == name)
-        if bool(rows.any()):
-            decision_curves[name] = share_at_or_above(scores[rows, c], probability_grid)
-    lines = [row["classes"][str(c)] for row in decision if str(c) in row["classes"]]
-    _plot_thresholds((cosines, fmr_curves(z, labels, drawn_groups, cosines, pairs=pairs, only=plotted), match),
-                     (probability_grid, decision_curves, lines, names[c]), out / "thresholds.png")
+    every_pair, per_group = fmr_curves(z, labels, drawn_groups, cosines, pairs=pairs, only=plotted)
+    _plot_thresholds(Panel(cosines, every_pair, per_group, match),
+                     _decision_panel(decision, scores, val.labels[labelled], decision_groups),
+                     names[int(decision[ONE_PERCENT]["worst_class"])] if decision else "", out / "thresholds.png")
 
     _match_table(doc, match)
     doc.text(f"The rule \"same item if cosine ≥ t\" on the {space} of {len(z)} validation images: every pair of "
@@ -88,7 +80,11 @@ def thresholds_section(doc: Document, val: Features, probabilities: np.ndarray, 
              f"{options.threshold_bound:g}× (--threshold-bound) and chance. A flag says the same threshold makes "
              "many more false matches for one group than another, more than chance explains: a rule about that "
              "group that nobody wrote.")
-    _decision_table(doc, decision, names)
+    if decision:
+        _decision_table(doc, decision, names)
+    else:
+        doc.text(f"No probe decision can be compared across {source}: no class has images of other classes in "
+                 "two groups (each group holds one class). The probe audit needs groups that mix classes.")
     doc.text(f"The rule \"class c if the linear probe's probability of c ≥ t\" (one decision per class, on "
              f"{len(labelled)} validation images), t set on all images at a false-positive rate (FPR: the share of "
              "images of other classes decided c) of 10%, 1% and 0.1%, and at the equal-error point. Per decision, "
@@ -96,44 +92,67 @@ def thresholds_section(doc: Document, val: Features, probabilities: np.ndarray, 
              "ratio as above; the row names the flagged decision with the largest ratio (the largest of all when "
              f"none is flagged) and counts the flagged decisions (by chance alone, about {1 - CHANCE_QUANTILE:.0%} "
              "of them).")
-    _group_table(doc, match[ONE_PERCENT], probe_point, names)
+    _group_table(doc, match[ONE_PERCENT], decision[ONE_PERCENT] if decision else None, names)
     doc.figure("thresholds.png", "Per group: false-match rate against the cosine threshold, and false-positive "
-               f"rate of the probe's decision 'class {names[c]}' against its threshold")
+               "rate of the probe's worst decision at FPR 1% against its threshold")
     return {"space": space, "groups": "metadata" if options.groups_csv else "classes",
             "groups_csv": options.groups_csv, "pairs": pairs, "samples": len(z), "bound": options.threshold_bound,
             "operating_points": match, "probe_samples": len(labelled), "probe": decision}
 
 
-def _match_table(doc: Document, audit: list[dict]) -> None:
-    def group_cell(row: dict[str, Any], name: str) -> str:
-        return f"{name} ({_fmt(row['groups'][name]['fmr'])})"
+def _decision_panel(decision: list[dict], scores: Tensor, labels: Tensor, groups: Sequence[str]) -> Panel | None:
+    """The figure's curves for the worst probe decision at FPR 1%: the false-positive rate of every
+    image of another class, and of each group's, against the probability threshold."""
+    if not decision:
+        return None
+    point = decision[ONE_PERCENT]
+    c = int(point["worst_class"])
+    grid = torch.logspace(-6, 0, 401)  # a probe's probabilities for other classes sit near 0
+    negative = labels != c
+    group_of = np.array(groups)
+    worst_first = sorted(point["groups"], key=lambda name: -(point["groups"][name]["fpr"] or 0))[:PLOTTED_GROUPS]
+    curves = {}
+    for name in worst_first:
+        rows = negative & torch.from_numpy(group_of == name)
+        if bool(rows.any()):
+            curves[name] = share_at_or_above(scores[rows, c], grid)
+    lines = [row["classes"][str(c)] for row in decision if str(c) in row["classes"]]
+    return Panel(grid, share_at_or_above(scores[negative, c], grid), curves, lines)
 
+
+def _group_cell(row: dict[str, Any], name: str | None, rate: str) -> str:
+    if name is None:
+        return "–"
+    group = row["groups"][name]
+    counts = f": {group['false_positives']} of {group['negatives']}" if "negatives" in group else ""
+    return f"{name} ({_fmt(group[rate])}{counts})"
+
+
+def _match_table(doc: Document, audit: list[dict]) -> None:
     doc.table(["operating point", "threshold", "FMR (all)", "TMR (all)", "worst group (FMR)", "best group (FMR)",
                "worst / best", "by chance", "flagged"],
               [[row["point"], _fmt(row["threshold"]), _fmt(row["global_fmr"]), _fmt(row["global_tmr"]),
-                group_cell(row, row["worst"]), group_cell(row, row["best"]), _fmt(row["fmr_ratio"], 2),
+                _group_cell(row, row["worst"], "fmr"), _group_cell(row, row["best"], "fmr"), _fmt(row["fmr_ratio"], 2),
                 _fmt(row["chance_ratio"], 2), "**yes**" if row["flagged"] else ""] for row in audit])
 
 
 def _decision_table(doc: Document, audit: list[dict], names: Sequence[str]) -> None:
-    def group_cell(row: dict[str, Any], name: str) -> str:
-        group = row["groups"][name]
-        return f"{name} ({_fmt(group['fpr'])}: {group['false_positives']} of {group['negatives']})"
-
     doc.table(["operating point", "decisions flagged", "worst decision", "threshold", "worst group (FPR)",
                "best group (FPR)", "worst / best", "by chance", "flagged"],
-              [[row["point"], f"{row['flagged_decisions']} of {row['decisions']}", f"class {names[int(row['worst_class'])]}",
-                f"{row['threshold']:.3g}", group_cell(row, row["worst"]), group_cell(row, row["best"]),
+              [[row["point"], f"{row['flagged_decisions']} of {row['decisions']}",
+                f"class {names[int(row['worst_class'])]}", f"{row['threshold']:.3g}",
+                _group_cell(row, row["worst"], "fpr"), _group_cell(row, row["best"], "fpr"),
                 _fmt(row["fpr_ratio"], 2), _fmt(row["chance_ratio"], 2), "**yes**" if row["flagged"] else ""]
                for row in audit])
 
 
-def _group_table(doc: Document, match_point: dict[str, Any], probe_point: dict[str, Any], names: Sequence[str]) -> None:
-    c = names[int(probe_point["worst_class"])]
+def _group_table(doc: Document, match_point: dict[str, Any], probe_point: dict[str, Any] | None,
+                 names: Sequence[str]) -> None:
+    c = names[int(probe_point["worst_class"])] if probe_point else None
     shown = sorted(match_point["groups"], key=lambda name: -(match_point["groups"][name]["fmr"] or 0))[:TABLE_GROUPS]
     rows = []
     for name in shown:
-        pair, probe = match_point["groups"][name], probe_point["groups"].get(name, {})
+        pair, probe = match_point["groups"][name], (probe_point or {}).get("groups", {}).get(name, {})
         rows.append([name, probe.get("images", "–"), _fmt(pair["fmr"]), _fmt(pair["tmr"]),
                      _fmt(probe.get("positive_rate")), _fmt(probe.get("error_rate")),
                      _fmt(probe.get("mean_error_rate"))])
