@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -39,13 +41,13 @@ def tiny_report(tiny_digits_run: Path, tmp_path_factory: pytest.TempPathFactory)
     """The report of a 2-step checkpoint, written by the command lines a user types, with the
     metadata groups of the README's worked example."""
     out = tmp_path_factory.mktemp("tiny_report")
+    # Groups from metadata, made by the README's worked example (its command line, in this process).
+    groups = out / "digits_ink.csv"
+    with mock.patch.object(sys, "argv", ["digits_ink_groups.py", str(tiny_digits_run), str(groups)]):
+        runpy.run_path(str(ROOT / "examples" / "digits_ink_groups.py"), run_name="__main__")
     # One OpenMP thread: the suite runs 2 xdist workers on 2 cores, and a second thread per process
     # oversubscribes them; OpenMP's spin-waiting then makes LAPACK and t-SNE calls up to 300x slower
     # (measured here: eigvalsh of 360x360 in 0.012 s with 1 thread, 4.5 s with 2 on a busy machine).
-    # Groups from metadata, as the README's worked example makes them.
-    groups = out / "digits_ink.csv"
-    subprocess.run([sys.executable, str(ROOT / "examples" / "digits_ink_groups.py"), str(tiny_digits_run), str(groups)],
-                   check=True, capture_output=True, timeout=120, cwd=ROOT)
     proc = subprocess.run(
         [sys.executable, "-m", "vicreg_lightning.report", str(tiny_digits_run / "checkpoints" / "last.ckpt"),
          "--out", str(out), "--groups-csv", str(groups)],
