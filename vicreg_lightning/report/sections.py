@@ -243,9 +243,11 @@ def _groups_section(doc: Document, encoder: LoadedEncoder, train: Features, val:
              f"T={KNN_TEMPERATURE}) of the backbone features among the training features of the same data set. "
              "Distance: squared Fréchet distance between Gaussians fitted to the group's backbone features and to "
              f"all the others'. Flagged: a distance above the mean + {OUTLIER_NUM_STD:g} std of the other groups' "
-             "distances (needs at least 3 groups). Between classes a large distance is what a discriminative "
-             "representation gives: the flag says which group to look at (a domain shift, a class the encoder "
-             "maps apart), not that it is wrong.")
+             "distances (needs at least 3 groups). "
+             + ("Between classes a large distance is what a discriminative representation gives: the flag says "
+                "which group to look at (a domain shift, a class the encoder maps apart), not that it is wrong."
+                if metadata is None else "Metadata groups with the same mix of classes should lie close together: a "
+                "flagged group is one the encoder maps apart (a site, device or population shift to look at)."))
     doc.figure("groups.png", "Per group: Fréchet distance to the rest (red: flagged), kNN accuracy and RankMe")
     return [asdict(g) for g in groups]
 
