@@ -13,6 +13,12 @@ from torch import Tensor
 OUTLIER_NUM_STD = 2.0
 
 
+def group_index(names: Sequence[str]) -> tuple[list[str], Tensor]:
+    """The distinct group names in order of first appearance, and each sample's position among them."""
+    ids = {name: i for i, name in enumerate(dict.fromkeys(names))}
+    return list(ids), torch.tensor([ids[name] for name in names])
+
+
 def _trace_sqrt_product(a: Tensor, b: Tensor) -> Tensor:
     """``Tr((S_a^½ S_b S_a^½)^½)`` for ``S_a = aᵀa``, ``S_b = bᵀb``, in the cheapest form.
 

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from vicreg_lightning.metrics.groups import group_index
 
 OPERATING_POINTS: tuple[float, ...] = (0.1, 0.01, 0.001)
 DISPARITY_BOUND = 2.0
@@ -36,13 +39,22 @@ PERMUTATIONS = 100
 CHANCE_QUANTILE = 0.99
 
 
-def pair_scores(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+class PairScores(NamedTuple):
+    """Every unordered pair of rows: its cosine, whether it is genuine (same label), its two rows."""
+
+    cosine: Tensor
+    genuine: Tensor
+    first: Tensor
+    second: Tensor
+
+
+def pair_scores(embeddings: Tensor, labels: Tensor) -> PairScores:
     """Cosine similarity of every unordered pair of rows, whether it is genuine (same label), and
     the pair's two indices (from one N×N product: N² numbers, not N²/2 pairs of D-dim rows)."""
     z = torch.nn.functional.normalize(embeddings.double(), dim=1)
     first, second = torch.triu_indices(len(z), len(z), offset=1)
     cosine = (z @ z.T)[first, second]
-    return cosine, labels[first] == labels[second], first, second
+    return PairScores(cosine, labels[first] == labels[second], first, second)
 
 
 def threshold_at_fmr(impostor: Tensor, fmr: float) -> float:
@@ -70,18 +82,13 @@ def group_pairs(names: Sequence[str], first: Tensor, second: Tensor, pairs: str)
     position): both images in the group (``within``) or at least one (``involving``)."""
     if pairs not in ("within", "involving"):
         raise ValueError(f"pairs={pairs!r}: choose within or involving")
-    group_names, member = _members(names)
+    group_names, member = group_index(names)
     a, b = member[first], member[second]
     index = torch.arange(len(first))
     if pairs == "within":
         return group_names, index[a == b], a[a == b]
     other = a != b
     return group_names, torch.cat([index, index[other]]), torch.cat([a, b[other]])
-
-
-def _members(names: Sequence[str]) -> tuple[list[str], Tensor]:
-    ids = {name: i for i, name in enumerate(dict.fromkeys(names))}
-    return list(ids), torch.tensor([ids[name] for name in names])
 
 
 def _disparity(failures: Tensor, totals: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -108,11 +115,11 @@ def _chance(ratio_of: Callable[[Tensor], Tensor], member: Tensor, permutations: 
     return torch.stack(shuffled).nan_to_num(nan=1.0).quantile(CHANCE_QUANTILE, dim=0)
 
 
-def fmr_curves(embeddings: Tensor, labels: Tensor, groups: Sequence[str], thresholds: Tensor,
-               pairs: str = "within", only: Sequence[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """The false-match rate at each of ``thresholds`` of every impostor pair, and of each group's
-    (those in ``only``, when given)."""
-    cosine, genuine, first, second = pair_scores(embeddings, labels)
+def fmr_curves(scored: PairScores, groups: Sequence[str], thresholds: Tensor, pairs: str = "within",
+               only: Sequence[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """The false-match rate at each of ``thresholds`` of every impostor pair (:func:`pair_scores`),
+    and of each group's (those in ``only``, when given)."""
+    cosine, genuine, first, second = scored
     names, pair_index, group = group_pairs(groups, first, second, pairs)
     curves = {}
     impostor = ~genuine[pair_index]
@@ -131,7 +138,8 @@ def share_at_or_above(scores: Tensor, thresholds: Tensor) -> Tensor:
 
 def match_audit(embeddings: Tensor, labels: Tensor, groups: Sequence[str] | Tensor,
                 operating_points: Sequence[float] = OPERATING_POINTS, bound: float = DISPARITY_BOUND,
-                pairs: str = "within", permutations: int = PERMUTATIONS, seed: int = 0) -> list[dict]:
+                pairs: str = "within", permutations: int = PERMUTATIONS, seed: int = 0,
+                scored: PairScores | None = None) -> list[dict]:
     """Per operating point: ``{"point", "threshold", "global_fmr", "global_tmr", "groups": {group:
     {"fmr", "tmr", "impostor_pairs", "genuine_pairs"}}, "fmr_ratio", "worst", "best",
     "chance_ratio", "flagged"}``.
@@ -139,12 +147,13 @@ def match_audit(embeddings: Tensor, labels: Tensor, groups: Sequence[str] | Tens
     The ratio is worst FMR / best FMR over the groups with impostor pairs (see :func:`_disparity`);
     ``chance_ratio`` is what random groups of the same sizes reach (:func:`_chance`); flagged: the
     ratio exceeds both ``bound`` and the chance ratio. With fewer than two groups holding impostor
-    pairs, the ratio, ``worst``, ``best`` and ``chance_ratio`` are None."""
+    pairs, the ratio, ``worst``, ``best`` and ``chance_ratio`` are None. ``scored``: the
+    :func:`pair_scores` of ``embeddings`` and ``labels`` when the caller has them already."""
     names = list(groups) if not isinstance(groups, Tensor) else [str(int(g)) for g in groups]
     if pairs not in ("within", "involving"):
         raise ValueError(f"pairs={pairs!r}: choose within or involving")
-    cosine, genuine, first, second = pair_scores(embeddings, labels)
-    group_names, member = _members(names)
+    cosine, genuine, first, second = scored if scored is not None else pair_scores(embeddings, labels)
+    group_names, member = group_index(names)
     count = len(group_names)
     points = [(f"FMR {p:g}", threshold_at_fmr(cosine[~genuine], p)) for p in operating_points]
     points.append(("equal error", equal_error_threshold(cosine[genuine], cosine[~genuine])))
@@ -221,7 +230,7 @@ def decision_audit(scores: Tensor, labels: Tensor, groups: Sequence[str],
     (:func:`_disparity`) compares the groups holding images of other classes: a group made of class
     c alone has no false positive of c to compare. Flagged as in :func:`match_audit`. Empty when no
     decision can be compared (no class has images of other classes in two groups)."""
-    group_names, member = _members(groups)
+    group_names, member = group_index(groups)
     scores = scores.double()
     classes = scores.shape[1]
     positive = labels[:, None] == torch.arange(classes)
@@ -237,14 +246,13 @@ def decision_audit(scores: Tensor, labels: Tensor, groups: Sequence[str],
         decided = scores >= thresholds
         wrong_positive = decided & ~positive
 
-        def ratios(member: Tensor) -> Tensor:
-            ratio = _disparity(per_group(wrong_positive, member), per_group(~positive, member))[0]
-            return ratio.masked_fill(~evaluable, math.nan)
+        def compare(member: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            ratio, worst, best = _disparity(per_group(wrong_positive, member), per_group(~positive, member))
+            return ratio.masked_fill(~evaluable, math.nan), worst, best
 
+        ratio, worst, best = compare(member)
+        chance = _chance(lambda shuffled: compare(shuffled)[0], member, permutations, seed)
         false_positives = per_group(wrong_positive, member)
-        ratio, worst, best = _disparity(false_positives, negatives)
-        ratio[~evaluable] = math.nan
-        chance = _chance(ratios, member, permutations, seed)
         summary = {str(c): {"threshold": float(thresholds[c]),
                             **_comparison(ratio[c], worst[c], best[c], chance[c], group_names, bound, "fpr_ratio")}
                    for c in range(classes) if not math.isnan(float(ratio[c]))}

@@ -40,7 +40,7 @@ from vicreg_lightning.report.figures import (
     _plot_spectrum,
     _plot_std_hist,
 )
-from vicreg_lightning.metrics.groups import OUTLIER_NUM_STD
+from vicreg_lightning.metrics.groups import OUTLIER_NUM_STD, group_index as index_groups
 from vicreg_lightning.report.discarded import (
     DISCARDED_BELOW,
     KEPT_MIN,
@@ -215,8 +215,7 @@ def _groups_section(doc: Document, encoder: LoadedEncoder, train: Features, val:
     knn_correct = _knn_correct(train, val, num_classes)
     group_names = [f"class {n}" for n in names]
     if metadata is not None:
-        ids = {name: i for i, name in enumerate(dict.fromkeys(metadata))}
-        group_names, group_index = list(ids), torch.tensor([ids[name] for name in metadata])
+        group_names, group_index = index_groups(metadata)
     if options.domain_name is not None:
         domain_data = OmegaConf.merge(encoder.data, {"name": options.domain_name,
                                                      **({"root": options.domain_root} if options.domain_root else {})})

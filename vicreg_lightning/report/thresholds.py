@@ -21,6 +21,7 @@ from vicreg_lightning.metrics.thresholds import (
     decision_audit,
     fmr_curves,
     match_audit,
+    pair_scores,
     share_at_or_above,
 )
 from vicreg_lightning.report.config import ReportOptions
@@ -52,7 +53,9 @@ def thresholds_section(doc: Document, val: Features, probabilities: np.ndarray, 
         drawn = drawn[draw[:THRESHOLD_MAX_SAMPLES]].sort().values
     space = "embeddings" if val.embeddings is not None else "features"
     z, labels, drawn_groups = val.space(space)[drawn], val.labels[drawn], [groups[i] for i in drawn]
-    match = match_audit(z, labels, drawn_groups, bound=options.threshold_bound, pairs=pairs, seed=options.seed)
+    scored = pair_scores(z, labels)  # the N×N cosines, for the audit and the figure
+    match = match_audit(z, labels, drawn_groups, bound=options.threshold_bound, pairs=pairs, seed=options.seed,
+                        scored=scored)
 
     decision_groups = [groups[i] for i in labelled]
     scores = torch.from_numpy(probabilities)[labelled]
@@ -62,7 +65,7 @@ def thresholds_section(doc: Document, val: Features, probabilities: np.ndarray, 
     at_one_percent = match[ONE_PERCENT]["groups"]
     plotted = sorted(at_one_percent, key=lambda name: -(at_one_percent[name]["fmr"] or 0))[:PLOTTED_GROUPS]
     cosines = torch.linspace(-1, 1, 401)
-    every_pair, per_group = fmr_curves(z, labels, drawn_groups, cosines, pairs=pairs, only=plotted)
+    every_pair, per_group = fmr_curves(scored, drawn_groups, cosines, pairs=pairs, only=plotted)
     _plot_thresholds(Panel(cosines, every_pair, per_group, match),
                      _decision_panel(decision, scores, val.labels[labelled], decision_groups),
                      names[int(decision[ONE_PERCENT]["worst_class"])] if decision else "", out / "thresholds.png")
