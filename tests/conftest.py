@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.fake_data import skip_integrity_checks  # noqa: F401  (a fixture)
-from tests.runs import DDP, DEFAULT_RUN, KNN_MONITOR, ONE_DEVICE, TINY_RUN, TINY_VIT, trained_run
+from tests.runs import DDP, DEFAULT_RUN, KNN_MONITOR, ONE_DEVICE, TINY_RUN, TINY_VIT, TWO_EPOCHS, trained_run
 
 
 def pytest_configure(config):
@@ -78,3 +78,15 @@ def tiny_vit_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def digits_vit_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``python train.py experiment=digits_vit``: a ViT on the digits, 20 epochs (minutes)."""
     return trained_run(tmp_path_factory, "digits_vit", ("experiment=digits_vit", *DEFAULT_RUN))
+
+
+@pytest.fixture(scope="session")
+def two_epoch_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke run over 2 epochs, uninterrupted: what stopped and resumed runs must end as."""
+    return trained_run(tmp_path_factory, "two_epochs", tuple(TWO_EPOCHS))
+
+
+@pytest.fixture(scope="session")
+def two_epoch_ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same on 2 local DDP processes (gloo): what a 2-task SLURM job must end as."""
+    return trained_run(tmp_path_factory, "two_epochs_ddp", (*TWO_EPOCHS, *DDP))

@@ -105,3 +105,26 @@ class CountHostSyncs(pl.Callback):
 
         for name, original in self.originals.items():
             setattr(torch.Tensor, name, original)
+
+
+class PauseAtStep(pl.Callback):
+    """At one step of a run's first attempt, write ``marker`` and wait (up to ``timeout`` s) for a
+    stop to be asked for: a test can then signal the run, through its scheduler, at a known step.
+    An attempt that finds the marker when it starts (a resumed one) does not wait; every rank of
+    the first one does (a rank that went on would wait for the others in a collective)."""
+
+    def __init__(self, step: int, marker: str, timeout: float = 120) -> None:
+        self.step, self.marker, self.timeout = step, marker, timeout
+        self.first_attempt = not os.path.exists(marker)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        import time
+
+        if trainer.global_step != self.step or not self.first_attempt:
+            return
+        if trainer.is_global_zero:
+            with open(self.marker, "w") as f:
+                f.write(f"step {self.step}\n")
+        deadline = time.monotonic() + self.timeout
+        while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.05)

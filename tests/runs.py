@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,12 +25,42 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 # A run in seconds (conf/experiment/smoke.yaml).
 TINY = ["experiment=smoke"]
+# The smoke run over 2 epochs of 4 steps, with a persistent loader worker as the digits preset has.
+TWO_EPOCHS = [*TINY, "data.num_workers=1", "trainer.max_epochs=2", "trainer.log_every_n_steps=1"]
 
 
 def train(*overrides: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """``python train.py <overrides>`` in a subprocess, with ``env`` added to the environment."""
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without SLURM_*/SUBMITIT_* variables: submitit's local executor passes
+    its own environment on, and a SLURM_NTASKS inherited from a CI job would make Lightning take
+    the local job for a SLURM task."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
+    env.update(HYDRA_FULL_ERROR="1", **extra)
+    return env
+
+
+def multirun(*overrides: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """``train.py -m ...`` in its own process group: submitit's local jobs are further processes,
+    which a timeout must not leave running."""
+    args = [sys.executable, str(ROOT / "train.py"), "-m", *overrides]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                          start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            stderr += f"\n[killed after {timeout} s]"
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+
+def tail(proc: subprocess.CompletedProcess, chars: int = 4000) -> str:
+    return f"exit code {proc.returncode}\n--- stdout ---\n{proc.stdout[-chars:]}\n--- stderr ---\n{proc.stderr[-chars:]}"
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -101,6 +132,9 @@ ONE_DEVICE = ("trainer.accelerator=cpu", "trainer.devices=1")
 # DDP on 2 CPU processes (gloo), and the k-NN monitor (whose val/knn_acc1 tests compare with eval's).
 DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
 KNN_MONITOR = "+callbacks.knn_monitor._target_=vicreg_lightning.callbacks.knn_monitor.KNNMonitor"
+# The README's SLURM commands for CPU nodes, as tests/test_slurm.py runs them on its cluster.
+SLURM_CPU_SWEEP = ("hydra/launcher=slurm", "hydra.launcher.partition=cpu", "trainer.accelerator=cpu", "loss.cov_coeff=1,2")
+SLURM_CPU_RECIPE = ROOT / "scripts" / "slurm" / "train_cpu.sbatch"
 
 
 def trained_run(tmp_path_factory: pytest.TempPathFactory, name: str, overrides: tuple[str, ...],

@@ -104,3 +104,30 @@ def test_a_global_batch_that_does_not_divide_over_the_devices_is_refused_once(tm
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: data.batch_size=33: the global batch must divide evenly over 2 devices; use a multiple of 2"]
+
+
+def test_two_nodes_of_one_process_train_like_one_node_of_two(tiny_ddp_run, tmp_path):
+    # Many nodes as Lightning sees them: each process one node (NODE_RANK), started by hand as a
+    # scheduler would start them, meeting at MASTER_ADDR:MASTER_PORT. (SLURM's many-node jobs: one
+    # slurmd per host in Debian's build, so not on this machine.)
+    import socket
+    import sys
+
+    from tests.runs import ROOT
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "run"
+    procs = [subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *TINY_RUN, *DDP, KNN_MONITOR, "trainer.devices=1",
+         "trainer.num_nodes=2", f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+             "NODE_RANK": str(node), "LOCAL_RANK": "0"}) for node in (0, 1)]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 2
+    difference = max_difference(weights(tiny_ddp_run), weights(run_dir))
+    # The same two ranks and batches; only the summation order of gloo's all-reduce may differ.
+    assert difference < 1e-6, f"2 nodes x 1 device vs 1 node x 2 devices: max parameter difference {difference:.2e}"

@@ -1,8 +1,9 @@
 """``hydra/launcher=local`` and ``hydra/launcher=slurm``: the hydra-submitit-launcher path, run for real.
 
 The local launcher pickles each job, runs it in a separate process through submitit's local
-executor and waits for its result; the SLURM launcher is followed up to the ``sbatch`` call, with
-stand-ins for ``srun`` and ``sbatch`` on PATH (no cluster here).
+executor and waits for its result; here the SLURM launcher is followed up to the ``sbatch`` call,
+with stand-ins for ``sinfo``, ``srun`` and ``sbatch`` on PATH describing a GPU cluster (the real
+cluster's runs: tests/test_slurm.py).
 """
 
 from __future__ import annotations
@@ -11,44 +12,13 @@ import json
 import math
 import os
 import shlex
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.runs import clean_env, multirun, tail
+
 STEPS = 2
 TINY = ["experiment=smoke", f"trainer.limit_train_batches={STEPS}", "trainer.limit_val_batches=2"]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without SLURM_*/SUBMITIT_* variables: submitit's local executor passes
-    its own environment on, and a SLURM_NTASKS inherited from a CI job would make Lightning take
-    the local job for a SLURM task."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SUBMITIT_"))}
-    env.update(HYDRA_FULL_ERROR="1", **extra)
-    return env
-
-
-def multirun(*overrides: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    """``train.py -m ...`` in its own process group: submitit's local jobs are further processes,
-    which a timeout must not leave running."""
-    args = [sys.executable, str(ROOT / "train.py"), "-m", *overrides]
-    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
-                          start_new_session=True) as proc:
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            stdout, stderr = proc.communicate()
-            stderr += f"\n[killed after {timeout} s]"
-    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
-
-
-def tail(proc: subprocess.CompletedProcess, chars: int = 4000) -> str:
-    return f"exit code {proc.returncode}\n--- stdout ---\n{proc.stdout[-chars:]}\n--- stderr ---\n{proc.stderr[-chars:]}"
 
 
 def test_local_launcher_runs_each_job_in_its_own_run_dir(tmp_path):
@@ -82,6 +52,8 @@ def test_slurm_launcher_asks_sbatch_for_one_task_per_gpu(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")  # submitit looks for srun before submitting
+    # A partition of 4 nodes with 64 CPUs and 8 GPUs each, as sinfo --format=%P|%D|%c|%G reports it.
+    (bin_dir / "sinfo").write_text("#!/bin/sh\necho 'cpu*|16|128|(null)'\necho 'gpu|4|64|gpu:a100:8(S:0-1)'\n")
     (bin_dir / "sbatch").write_text(
         f'#!/bin/sh\ncp "$1" {shlex.quote(str(tmp_path / "job.sbatch"))}\necho "sbatch: error: no cluster here" >&2\nexit 1\n'
     )

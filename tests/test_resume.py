@@ -15,11 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.runs import ROOT, TINY, compose_train, train, weights
+from tests.runs import ROOT, TINY, TWO_EPOCHS, compose_train, train, weights
 from vicreg_lightning.config import preset
 
-# The smoke run with a persistent loader worker, as the digits preset has one.
-TWO_EPOCHS = [*TINY, "data.num_workers=1", "trainer.max_epochs=2", "trainer.log_every_n_steps=1"]
 SIGNAL_AT_STEP_6 = ["+callbacks.kill._target_=tests.helpers.SignalAtStep", "+callbacks.kill.step=6",
                     "+callbacks.kill.group=true"]
 
@@ -44,11 +42,8 @@ def csv_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("straight") / "run"
-    proc = train(*TWO_EPOCHS, f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
+def straight(two_epoch_run) -> Path:
+    return two_epoch_run
 
 
 def test_a_run_killed_after_its_first_checkpoint_and_resumed_ends_with_the_same_weights(straight, tmp_path):
@@ -104,6 +99,26 @@ def test_sigterm_during_validation_lets_it_finish_and_the_resumed_run_ends_the_s
     resumed = train(*TWO_EPOCHS, "ckpt_path=last", f"hydra.run.dir={run_dir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [row["epoch"] for row in csv_rows(run_dir) if row["val/probe_acc1"]] == ["0", "1"]
+    assert_same_weights(straight, run_dir)
+
+
+def test_sigterm_in_an_epochs_last_step_validates_that_epoch_before_stopping(straight, tmp_path):
+    # Lightning would stop before the epoch's validation, and the resumed run would skip it for good.
+    from vicreg_lightning.train import run
+
+    run_dir = tmp_path / "run"
+    at_epoch_end = ["+callbacks.kill._target_=tests.helpers.SignalAtStep", "+callbacks.kill.step=4"]
+    with pytest.raises(SystemExit) as stopped:
+        run(compose_train(*TWO_EPOCHS, *at_epoch_end, f"paths.output_dir={run_dir}"))
+    assert stopped.value.code == 143
+    validated = [row["epoch"] for row in csv_rows(run_dir) if row["val/probe_acc1"]]
+    assert validated == ["0"], validated
+    assert [row["epoch"] for row in csv_rows(run_dir) if row["health/embed_rankme"]][-1:] == ["0"]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 1
+
+    run(compose_train(*TWO_EPOCHS, "ckpt_path=last", f"paths.output_dir={run_dir}"))
+    rows = csv_rows(run_dir)
+    assert [row["epoch"] for row in rows if row["val/probe_acc1"]] == ["0", "1"]
     assert_same_weights(straight, run_dir)
 
 

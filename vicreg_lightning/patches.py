@@ -9,7 +9,12 @@ instead of silently behaving otherwise:
   Lightning deletes an existing ``metrics.csv`` when its writer starts
   (https://github.com/Lightning-AI/pytorch-lightning/pull/19446);
 - the batches of the current epoch already trained on (the fit loop's ``batch_progress``, read by
-  :class:`~vicreg_lightning.data.datamodule.VICRegDataModule` for its position in checkpoints).
+  :class:`~vicreg_lightning.data.datamodule.VICRegDataModule` for its position in checkpoints);
+- a stop that SIGTERM asked for during the step before an epoch's validation, taken back until the
+  validation has run (the Trainer's ``_signal_connector.received_sigterm``, :func:`take_stop_request`):
+  Lightning would stop the validation at its first batch, and on resume skip it for good
+  (``restarted_on_last``; the nearest upstream report of validations cut short around a restart:
+  https://github.com/Lightning-AI/pytorch-lightning/issues/19549).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from lightning.fabric.loggers.csv_logs import _ExperimentWriter
 from lightning.pytorch.loggers import CSVLogger
@@ -39,6 +45,7 @@ def check_internals() -> None:
     import lightning
     from lightning.pytorch.loops.progress import _ProcessedTracker
     from lightning.pytorch.strategies.launchers import subprocess_script
+    from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
 
     required = [
         (subprocess_script, "_hydra_subprocess_cmd", "the DDP children's command under Hydra"),
@@ -49,6 +56,9 @@ def check_internals() -> None:
         if not hasattr(owner, name):
             where = owner.__name__ if isinstance(owner, ModuleType) else f"{owner.__module__}.{owner.__qualname__}"
             _missing(lightning.__version__, f"{where}.{name}", purpose)
+    if not hasattr(_SignalConnector(None), "received_sigterm"):  # type: ignore[arg-type]
+        _missing(lightning.__version__, "lightning.pytorch.trainer.connectors.signal_connector._SignalConnector"
+                 ".received_sigterm", "an epoch's validation before a stop")
     if "processed" not in getattr(_ProcessedTracker, "__dataclass_fields__", {}):
         _missing(lightning.__version__, "lightning.pytorch.loops.progress._ProcessedTracker.processed",
                  "the training order's position in checkpoints")
@@ -112,6 +122,15 @@ def use_job_command_for_ddp_children() -> None:
 
     check_internals()
     subprocess_script._hydra_subprocess_cmd = _ddp_child_command
+
+
+def take_stop_request(trainer: Any) -> bool:
+    """Whether SIGTERM (or what stands for it: Ctrl-C, a requeue signal) asked this rank to stop;
+    the request is taken back, for the caller to make again (``os.kill(os.getpid(), SIGTERM)``)."""
+    connector = trainer._signal_connector
+    requested = bool(connector.received_sigterm)
+    connector.received_sigterm = False
+    return requested
 
 
 class _HistoryKeepingWriter(ExperimentWriter):

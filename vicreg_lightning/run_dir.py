@@ -101,6 +101,11 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
         os.close(directory)
 
 
+def saved_checkpoints(output_dir: Path) -> list[Path]:
+    """The checkpoints a run has saved in ``output_dir`` (its own, and Lightning's SLURM ones)."""
+    return [*(output_dir / CHECKPOINT_DIR).glob("*.ckpt"), *output_dir.glob(HPC_CHECKPOINT_GLOB)]
+
+
 def claim(output_dir: Path, ckpt_path: str | None) -> bool:
     """May a training job write into ``output_dir``? False when ``ckpt_path=last`` finds the run
     there finished (a requeued job that had already ended: nothing to do). Raises, before anything
@@ -114,8 +119,7 @@ def claim(output_dir: Path, ckpt_path: str | None) -> bool:
             "hydra.run.dir (to train it longer: hydra.run.dir=<new> "
             f"ckpt_path={output_dir / CHECKPOINT_DIR / 'last.ckpt'})"
         )
-    saved = [*(output_dir / CHECKPOINT_DIR).glob("*.ckpt"), *output_dir.glob(HPC_CHECKPOINT_GLOB)]
-    if ckpt_path is None and saved:
+    if ckpt_path is None and saved_checkpoints(output_dir):
         raise ConfigError(
             f"hydra.run.dir={str(output_dir)!r} holds the checkpoints of an unfinished run; resume it with "
             "ckpt_path=last, or choose a new hydra.run.dir"

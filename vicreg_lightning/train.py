@@ -12,6 +12,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from vicreg_lightning.callbacks.preemption import CheckpointOnPreemption
+from vicreg_lightning import slurm
 from vicreg_lightning.checkpoint_io import AtomicCheckpointIO
 from vicreg_lightning.backbones import backbone_kind, uses_small_stem
 from vicreg_lightning.config import check_config, check_trainer_arguments, instantiate_entry
@@ -23,7 +24,8 @@ from vicreg_lightning.loggers import build_loggers, finish_loggers
 from vicreg_lightning.module import VICRegModule
 from vicreg_lightning.patches import use_job_command_for_ddp_children
 from vicreg_lightning.resume import check_checkpoint, resolve_checkpoint
-from vicreg_lightning.run_dir import METRICS_FILE, claim, read_metrics, save_job_config, write_metrics
+from vicreg_lightning.run_dir import (METRICS_FILE, claim, read_metrics, save_job_config, saved_checkpoints,
+                                      write_metrics)
 
 # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM.
 PREEMPTED_EXIT_CODE = 143
@@ -49,10 +51,11 @@ def resolve_precision(precision: str | int, accelerator: str | None) -> str | in
 
 def build_trainer(cfg: DictConfig, loggers: list[Logger]) -> pl.Trainer:
     """The run's ``Trainer``: ``cfg.trainer``'s arguments, the callbacks of ``cfg.callbacks``, and
-    the plugins every run has (atomic checkpoint files; SyncBatchNorm on any device)."""
+    the plugins every run has (atomic checkpoint files; SyncBatchNorm on any device; under SLURM,
+    its environment without Lightning's auto-requeue)."""
     trainer_args = OmegaConf.to_container(cfg.trainer)
     trainer_args["precision"] = resolve_precision(trainer_args.get("precision", "auto"), trainer_args.get("accelerator"))
-    trainer_args["plugins"] = [*trainer_args.get("plugins", []), AtomicCheckpointIO()]
+    trainer_args["plugins"] = [*trainer_args.get("plugins", []), AtomicCheckpointIO(), *slurm.cluster_environment()]
     if trainer_args.get("sync_batchnorm"):
         trainer_args["plugins"].append(SyncBatchNormAnyDevice())
     return pl.Trainer(**trainer_args, callbacks=_instantiate_callbacks(cfg.callbacks), logger=loggers or False,
@@ -68,8 +71,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     composed = cfg
     cfg = check_config(cfg)
     check_trainer_arguments(cfg.trainer)
+    slurm.check_allocation(cfg.trainer)
     output_dir = Path(cfg.paths.output_dir)
-    if not claim(output_dir, cfg.ckpt_path):
+    requested = slurm.resume_checkpoint(cfg.ckpt_path, bool(saved_checkpoints(output_dir)))
+    if not claim(output_dir, requested):
         print(f"{output_dir} holds a finished run ({METRICS_FILE}); nothing to do")
         return read_metrics(output_dir)
     if cfg.seed is not None:
@@ -89,10 +94,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         local_crop_size=cfg.augment.local_size if cfg.augment.num_local_crops else None,
         micro_batch_size=cfg.data.micro_batch_size,
     )
-    ckpt_path = resolve_checkpoint(cfg.ckpt_path, output_dir)
+    ckpt_path = resolve_checkpoint(requested, output_dir)
     if ckpt_path is not None:
-        check_checkpoint(ckpt_path, module, cfg.ckpt_path)
-    elif cfg.ckpt_path is not None:
+        check_checkpoint(ckpt_path, module, requested)
+    elif requested is not None:
         print(f"ckpt_path=last: no checkpoint in {output_dir} yet, starting from scratch", file=sys.stderr)
     loggers = build_loggers(cfg.logger, cfg)
     use_job_command_for_ddp_children()
@@ -129,8 +134,9 @@ def _fit(
             for callback in preemption:
                 callback.hand_over()
             # Exit non-zero: a scheduler, or a sweep, must not take a preempted run for a finished one.
-            print(f"stopped (SIGTERM or Ctrl-C) at step {trainer.global_step}; resume with: "
-                  f"hydra.run.dir={output_dir} ckpt_path=last", file=sys.stderr)
+            if trainer.is_global_zero:
+                print(f"stopped (SIGTERM or Ctrl-C) at step {trainer.global_step}; resume with: "
+                      f"hydra.run.dir={output_dir} ckpt_path=last", file=sys.stderr)
             raise SystemExit(PREEMPTED_EXIT_CODE) from None
     finally:
         # Lightning runs no callback teardown after an exception, and puts its own handlers back.

@@ -13,6 +13,9 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from vicreg_lightning import slurm
+from vicreg_lightning.patches import take_stop_request
+
 
 class CheckpointOnPreemption(pl.Callback):
     """Save ``<dirpath>/last.ckpt`` when the run is stopped by SIGTERM (preemption, ``scancel``,
@@ -27,19 +30,22 @@ class CheckpointOnPreemption(pl.Callback):
     Ctrl-C (SIGINT) takes the same path: the run stops at the end of the step, saves, and exits as
     a preempted run does; a second Ctrl-C stops it at once, saving nothing.
 
-    A signal that arrives during validation is held until the validation has ended: Lightning would
-    stop in the middle of it, and the resumed run would not validate that epoch again (no metrics,
-    no best checkpoint for it). The run stops right after it instead.
+    A signal that arrives during validation, or during the training step after which the epoch is
+    validated, is held until the validation has ended: Lightning would stop in the middle of it (or
+    before it), and the resumed run would not validate that epoch again (no metrics, no best
+    checkpoint for it). The run stops right after it instead.
 
-    ``requeue_signals`` (default ``SIGUSR2``, which submitit sends ``signal_delay_s`` before the
-    time limit) are handled only where another handler already waits for them (submitit's, which
-    requeues the job and exits): the signal is turned into SIGTERM's clean stop, the checkpoint is
-    saved, and the waiting handler runs once the Trainer has shut down (:meth:`hand_over`, which
-    the run calls). (Lightning's own SLURM auto-requeue, on
-    SIGUSR1, writes ``hpc_ckpt_*.ckpt``, which ``ckpt_path=last`` finds too.)
+    ``requeue_signals`` (default ``SIGUSR1`` and ``SIGUSR2``: what ``sbatch --signal`` and submitit
+    send before the time limit) are turned into SIGTERM's clean stop, the checkpoint is saved, and
+    then, once the Trainer has shut down (:meth:`hand_over`, which the run calls): the handler that
+    waited for the signal runs where there is one (submitit's, which requeues the job and exits);
+    else, in a SLURM job, rank 0 requeues it (:func:`vicreg_lightning.slurm.requeue`). One
+    checkpoint per signal: Lightning's own SLURM auto-requeue, which would write an
+    ``hpc_ckpt_N.ckpt`` besides, is off (:func:`vicreg_lightning.slurm.cluster_environment`).
     """
 
-    def __init__(self, dirpath: str, filename: str = "last", requeue_signals: Sequence[str] = ("SIGUSR2",)) -> None:
+    def __init__(self, dirpath: str, filename: str = "last",
+                 requeue_signals: Sequence[str] = ("SIGUSR1", "SIGUSR2")) -> None:
         self.path = Path(dirpath) / f"{filename}.ckpt"
         self.requeue_signals = [signal.Signals[name] for name in requeue_signals]
         self._replaced: dict[signal.Signals, Any] = {}
@@ -47,20 +53,23 @@ class CheckpointOnPreemption(pl.Callback):
         self._interrupt_handler: Any = None
         self._held_handler: Any = None
         self._held_signal = False
+        self._global_zero = True
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or threading.current_thread() is not threading.main_thread():
             return
+        self._global_zero = trainer.is_global_zero
         self._interrupt_handler = signal.signal(signal.SIGINT, self._stop_on_interrupt)
         for signum in self.requeue_signals:
             waiting = signal.getsignal(signum)
-            if callable(waiting):
+            if callable(waiting) or slurm.job_id() is not None:
                 self._replaced[signum] = waiting
                 signal.signal(signum, self._stop_then_hand_over)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if threading.current_thread() is threading.main_thread() and self._held_handler is None:
-            self._held_signal = False
+            # A stop asked for during the step before this validation waits for it too.
+            self._held_signal = take_stop_request(trainer)
             self._held_handler = signal.signal(signal.SIGTERM, self._hold)
 
     def _hold(self, signum: int, frame: Any) -> None:
@@ -84,6 +93,8 @@ class CheckpointOnPreemption(pl.Callback):
         os.kill(os.getpid(), signal.SIGTERM)
 
     def _stop_then_hand_over(self, signum: int, frame: Any) -> None:
+        if self._pending is not None:  # a second signal: the stop is under way already
+            return
         self._pending = (self._replaced[signal.Signals(signum)], signal.Signals(signum))
         # Lightning's SIGTERM handler stops every rank at the end of this step.
         os.kill(os.getpid(), signal.SIGTERM)
@@ -100,12 +111,16 @@ class CheckpointOnPreemption(pl.Callback):
         pl.utilities.rank_zero_info(f"saved {self.path} at step {trainer.global_step}")
 
     def hand_over(self) -> None:
-        """Run the requeue handler that waited for the signal which stopped the run, if any (it
-        usually exits the process)."""
-        if self._pending is not None:
-            handler, signum = self._pending
-            self._pending = None
+        """After a requeue signal stopped the run: run the handler that waited for it (it usually
+        exits the process), or requeue the SLURM job (rank 0)."""
+        if self._pending is None:
+            return
+        handler, signum = self._pending
+        self._pending = None
+        if callable(handler):
             handler(signum, None)
+        elif self._global_zero:
+            slurm.requeue()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.restore_signal_handlers()
@@ -116,7 +131,7 @@ class CheckpointOnPreemption(pl.Callback):
         if threading.current_thread() is not threading.main_thread():
             return
         for signum, handler in self._replaced.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         self._replaced.clear()
         if self._interrupt_handler is not None:
             signal.signal(signal.SIGINT, self._interrupt_handler)

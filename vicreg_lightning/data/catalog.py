@@ -16,6 +16,9 @@ from typing import Any, Optional
 
 from vicreg_lightning.errors import DataError
 
+# data.num_workers=-1: one loader worker per CPU of the process, up to this many (more rarely pays
+# for two-view decoding); the SLURM launcher asks for as many CPUs per task.
+MAX_DEFAULT_WORKERS = 8
 UNLABELED = -1  # label of unlabelled samples (STL-10's unlabeled split); the probe ignores them
 
 

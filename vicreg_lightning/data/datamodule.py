@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from vicreg_lightning.data.catalog import MAX_DEFAULT_WORKERS
 from vicreg_lightning.data.augment import Normalize, SameSize, Views, device_views, eval_transform
 from vicreg_lightning.data.datasets import KeyedSamples, TensorImages, Transformed, build_datasets
 from vicreg_lightning.data.sampler import EpochSampler
@@ -46,9 +47,10 @@ def per_device_batch_size(batch: int, world: int) -> int:
 
 
 def default_num_workers() -> int:
-    """Workers per rank when ``data.num_workers=-1``: the CPUs this process may use, up to 8."""
+    """Workers per rank when ``data.num_workers=-1``: the CPUs this process may use, up to
+    :data:`~vicreg_lightning.data.catalog.MAX_DEFAULT_WORKERS`."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(8, cpus)
+    return min(MAX_DEFAULT_WORKERS, cpus)
 
 
 class VICRegDataModule(pl.LightningDataModule):
