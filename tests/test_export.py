@@ -154,6 +154,19 @@ def test_an_output_folder_that_cannot_be_written_gets_one_clear_line(tiny_digits
     assert where == "/proc" or out.read_bytes() == b"a file"
 
 
+def test_an_export_never_replaces_a_file_it_did_not_write(tiny_digits_run, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    _write(out / "backbone.pt", b"the user's own weights")
+    _write(out / "notes.txt", b"kept")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tiny_digits_run), str(out)])
+    assert_one_error_line(exit_info.value.code, capsys.readouterr().err,
+                          "already holds backbone.pt, which the export would replace; choose a new folder")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {"backbone.pt": b"the user's own weights",
+                                                              "notes.txt": b"kept"}
+
+
 def test_bad_input_as_a_user_runs_it(tmp_path):
     corrupt = _write(tmp_path / "half.ckpt", b"half a checkpoint")
     proc = export_cli(str(corrupt), str(tmp_path / "out"))

@@ -216,3 +216,51 @@ def test_a_failed_run_gives_the_signal_handlers_back(tmp_path):
     with pytest.raises(NonFiniteEmbeddingError):
         run(compose_train(*TINY, "optim.base_lr=1e30", "trainer.log_every_n_steps=1", f"paths.output_dir={tmp_path}"))
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_checkpoint_of_another_global_batch_is_refused_before_training(tmp_path):
+    from vicreg_lightning.errors import ConfigError
+    from vicreg_lightning.module import VICRegModule
+    from vicreg_lightning.resume import check_checkpoint
+
+    def module(batch_size: int) -> VICRegModule:
+        return VICRegModule(model=preset("model", "digits", "expander=32-16"), loss={},
+                            optim={"name": "lars", "base_lr": 0.1}, num_classes=10, batch_size=batch_size,
+                            image_size=32)
+
+    saved = module(32)
+    torch.save({"state_dict": saved.state_dict(), "hyper_parameters": dict(saved.hparams), "epoch": 1,
+                "global_step": 4}, tmp_path / "run.ckpt")
+    check_checkpoint(tmp_path / "run.ckpt", module(32), "run.ckpt", max_epochs=2)
+    with pytest.raises(ConfigError, match=r"written with data.batch_size=32, this run has 64: the training order and "
+                                          r"the step count would not continue its run; resume with data.batch_size=32"):
+        check_checkpoint(tmp_path / "run.ckpt", module(64), "run.ckpt", max_epochs=2)
+    # A finished run's checkpoint has nothing left to train within its limit.
+    with pytest.raises(ConfigError, match=r"its run has trained 1 epoch\(s\), 4 step\(s\): nothing left to train "
+                                          r"within trainer.max_epochs=1; to train longer, raise it"):
+        check_checkpoint(tmp_path / "run.ckpt", module(32), "run.ckpt", max_epochs=1)
+
+
+def test_a_finished_runs_checkpoint_into_a_new_directory_writes_nothing(tiny_digits_run, tmp_path):
+    from vicreg_lightning.errors import ConfigError
+    from vicreg_lightning.train import run
+
+    run_dir = tmp_path / "run"
+    with pytest.raises(ConfigError, match="nothing left to train within trainer.max_epochs=1"):
+        run(compose_train(*TINY, f"ckpt_path={tiny_digits_run / 'checkpoints' / 'last.ckpt'}",
+                          f"paths.output_dir={run_dir}"))
+    assert not run_dir.exists() or not any(run_dir.iterdir())
+
+
+def test_a_run_stopped_by_max_time_is_not_recorded_as_finished_and_resumes(straight, tmp_path, capsys):
+    from vicreg_lightning.train import run
+
+    run_dir = tmp_path / "run"
+    metrics = run(compose_train(*TWO_EPOCHS, "+trainer.max_time=00:00:00:01", f"paths.output_dir={run_dir}"))
+    assert metrics["step"] < 8 and not (run_dir / "metrics.json").exists()
+    assert f"not finished; continue with: hydra.run.dir={run_dir} ckpt_path=last" in capsys.readouterr().err
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == metrics["step"]
+    finished = run(compose_train(*TWO_EPOCHS, "ckpt_path=last", f"paths.output_dir={run_dir}"))
+    assert finished["step"] == 8 and json.loads((run_dir / "metrics.json").read_text())["step"] == 8
+    assert_same_weights(straight, run_dir)

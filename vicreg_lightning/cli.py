@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from vicreg_lightning.errors import JobFailed, UserError
+from vicreg_lightning.errors import JobFailed, RunDirRefused, UserError
 from vicreg_lightning.run_dir import FAILURE_FILE, is_finished, is_first_process, save_job_config
 
 
@@ -97,11 +97,12 @@ def _record_failed_job(job: Any, error: Exception, cfg: Any) -> JobFailed:
     record = {"status": "failed", "error": reason, "type": type(error).__name__,
               "overrides": list(job.overrides.task)}
     output_dir = Path(job.runtime.output_dir)
-    if not is_finished(output_dir):  # a job refused for a finished directory leaves it as it was
+    # A job refused for its directory (a finished run's, another live job's) leaves it as it was.
+    if not isinstance(error, RunDirRefused) and not is_finished(output_dir):
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / FAILURE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         if cfg is not None:
             save_job_config(cfg)
+        (output_dir / FAILURE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     message = f"job {job.job.num} ({' '.join(job.overrides.task)}) failed: {reason}"
     print(f"error: {message}", file=sys.stderr)
     return JobFailed(message)
@@ -133,13 +134,16 @@ def quiet_lightning_console() -> None:
     handlers (console and ``<run dir>/<task>.log``) already receive those records, so each
     message would be printed twice. Call after Lightning is imported.
 
-    Also silences one deprecation warning that Lightning's own code raises under recent torch
-    (``_pytree``'s ``LeafSpec``): nothing a user can act on."""
+    Also silences what a user cannot act on: a deprecation warning that Lightning's own code raises
+    under recent torch (``_pytree``'s ``LeafSpec``), and its hint to use srun on a machine that has it."""
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # Where SLURM's client is installed (a login node), every run outside a job is told to use srun;
+    # a run inside one whose tasks do not match its devices is refused (vicreg_lightning/slurm.py).
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 
 
 # Console scripts (pyproject's [project.scripts]); the root train.py and eval.py call the same.

@@ -9,6 +9,11 @@ class ConfigError(UserError, ValueError):
     """A config key has a wrong type or an impossible value."""
 
 
+class RunDirRefused(ConfigError):
+    """A job may not use the run directory it was given (it holds another run's saved work, or
+    another job holds it): nothing is written there, not even the refusal."""
+
+
 class DataError(UserError):
     """A data set is missing, empty or unreadable."""
 

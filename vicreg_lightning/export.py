@@ -91,12 +91,17 @@ def load_encoder(path: str | Path, arch: str | None = None) -> tuple[nn.Module, 
 
 def export(weights: str | Path, out_dir: str | Path) -> Path:
     """Write ``backbone.pt``, ``expander.pt`` and ``vicreg.json`` of ``weights`` into ``out_dir``
-    (created); an existing export there is not overwritten. Returns ``out_dir``."""
+    (created); no file there is overwritten (an existing export, or a user's own files of those
+    names). Returns ``out_dir``."""
     out_dir = Path(out_dir)
     if (out_dir / SIDECAR_FILE).exists():
         raise UserError(f"{str(out_dir)!r} already holds an export ({SIDECAR_FILE}); choose a new folder")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{str(out_dir)!r} is a file, not a folder; choose a new folder for the export")
+    theirs = [name for name in (BACKBONE_FILE, EXPANDER_FILE) if (out_dir / name).exists()]
+    if theirs:  # an export writes its files only into a folder that has none of them
+        raise UserError(f"{str(out_dir)!r} already holds {', '.join(theirs)}, which the export would replace; choose "
+                        "a new folder")
     backbone, expander, info = load_encoder(weights)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -38,9 +38,12 @@ def resolve_checkpoint(ckpt_path: str | None, output_dir: Path) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
-def check_checkpoint(path: Path, module: torch.nn.Module, ckpt_path: str) -> None:
+def check_checkpoint(path: Path, module: torch.nn.Module, ckpt_path: str, max_epochs: int = -1,
+                     max_steps: int = -1) -> None:
     """Fail with one line, before training, when ``path`` is missing, corrupt, or written for a
-    different model (names or shapes of the weights differ)."""
+    different model (names or shapes of the weights differ); when it cannot continue its run (another
+    optimiser, another global batch: another training order and step count); or when its run has
+    nothing left to train within ``max_epochs`` / ``max_steps``."""
     checkpoint = read_torch_file(path, f"ckpt_path={ckpt_path!r}", ConfigError,
                                  hint="; pass a checkpoint from <run dir>/checkpoints/")
     try:
@@ -60,6 +63,23 @@ def check_checkpoint(path: Path, module: torch.nn.Module, ckpt_path: str) -> Non
         raise ConfigError(
             f"ckpt_path={ckpt_path!r}: written with optim.name={saved!r}, this run uses {current!r}; resume with "
             f"optim={saved}, or start a new run from its weights (python -m vicreg_lightning.export)"
+        )
+    hparams = checkpoint.get("hyper_parameters") or {}
+    saved_batch, batch = hparams.get("batch_size"), getattr(module, "hparams", {}).get("batch_size")
+    if saved_batch is not None and batch is not None and saved_batch != batch:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path!r}: written with data.batch_size={saved_batch}, this run has {batch}: the training "
+            f"order and the step count would not continue its run; resume with data.batch_size={saved_batch}, or "
+            "start a new run from its weights (vicreg-export, then model.init_weights=<export>/backbone.pt)"
+        )
+    # Epochs whose training ended (the checkpoint's "epoch" is not increased yet at an epoch's end).
+    progress = (checkpoint.get("loops") or {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    epoch, step = int(progress.get("processed", checkpoint.get("epoch", 0))), int(checkpoint.get("global_step", 0))
+    if (0 <= max_epochs <= epoch) or (0 < max_steps <= step):
+        limit = f"trainer.max_epochs={max_epochs}" if 0 <= max_epochs <= epoch else f"trainer.max_steps={max_steps}"
+        raise ConfigError(
+            f"ckpt_path={ckpt_path!r}: its run has trained {epoch} epoch(s), {step} step(s): nothing left to train "
+            f"within {limit}; to train longer, raise it"
         )
 
 

@@ -9,25 +9,34 @@ refused because the directory holds a finished run would still replace the finis
 So ``conf/hydra/default.yaml`` sets ``hydra.output_subdir: null`` and the job writes ``.hydra/``
 itself (:func:`save_job_config`) once :func:`claim` has allowed it.
 
+A job holds its directory for as long as it runs (:func:`held`, an exclusive lock on
+``<run dir>/.lock``), and only then looks at what the directory holds (:func:`claim`): two jobs
+started into one directory cannot both pass the checks.
+
 This module imports no torch or Lightning (:func:`read_torch_file` imports torch when called).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from vicreg_lightning.errors import ConfigError, UserError
+from vicreg_lightning.errors import ConfigError, RunDirRefused, UserError
 
 METRICS_FILE = "metrics.json"
 FAILURE_FILE = "failure.json"
 CONFIG_DIR = ".hydra"
+LOCK_FILE = ".lock"
 CHECKPOINT_DIR = "checkpoints"
 # Lightning's SLURM auto-requeue writes these into the run directory on the requeue signal.
 HPC_CHECKPOINT_GLOB = "hpc_ckpt_*.ckpt"
@@ -101,28 +110,83 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
         os.close(directory)
 
 
+@contextmanager
+def held(output_dir: Path) -> Iterator[None]:
+    """Hold ``output_dir`` for this job (created if need be) while the block runs: a second job
+    started into it meanwhile is refused, naming the process that holds it. Other ranks of the job
+    (DDP, SLURM tasks) run under rank 0's hold. A directory that cannot be written is refused.
+    The lock file is removed on release, so a finished run's directory is left as it was."""
+    if not is_first_process():
+        yield
+        return
+    shown = f"hydra.run.dir={str(output_dir)!r}"
+    lock = output_dir / LOCK_FILE
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileExistsError:
+        raise RunDirRefused(f"{shown} is a file, not a folder; choose a new hydra.run.dir") from None
+    except OSError as e:
+        raise RunDirRefused(f"{shown}: cannot write there ({e.strerror}); choose a writable hydra.run.dir") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # The holder may have removed the file between our open and our lock: then it is not ours.
+        if os.fstat(fd).st_ino != os.stat(lock).st_ino:
+            raise BlockingIOError(errno.EWOULDBLOCK, "lock file replaced")
+    except (BlockingIOError, FileNotFoundError):
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunDirRefused(f"{shown} is in use by another run (process {holder}); wait for it to end, or "
+                            "choose a new hydra.run.dir") from None
+    try:
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)  # releases the lock
+
+
+def recorded_task(output_dir: Path) -> str | None:
+    """The task (``task_name``: train, eval) whose config ``output_dir/.hydra`` records, if any."""
+    try:
+        return str(OmegaConf.load(output_dir / CONFIG_DIR / "config.yaml").task_name)
+    except (OSError, OmegaConfBaseException):
+        return None
+
+
 def saved_checkpoints(output_dir: Path) -> list[Path]:
     """The checkpoints a run has saved in ``output_dir`` (its own, and Lightning's SLURM ones)."""
     return [*(output_dir / CHECKPOINT_DIR).glob("*.ckpt"), *output_dir.glob(HPC_CHECKPOINT_GLOB)]
 
 
-def claim(output_dir: Path, ckpt_path: str | None) -> bool:
+def claim(output_dir: Path, ckpt_path: str | None, task: str = "train") -> bool:
     """May a training job write into ``output_dir``? False when ``ckpt_path=last`` finds the run
     there finished (a requeued job that had already ended: nothing to do). Raises, before anything
-    is written, when the job would overwrite saved work: a finished run, or the checkpoints of an
-    unfinished one started again from scratch."""
+    is written, when the job would overwrite saved work: a finished run, another task's directory,
+    or the checkpoints of an unfinished run started again from scratch or from another run's
+    checkpoint. Call it while holding the directory (:func:`held`)."""
+    shown = f"hydra.run.dir={str(output_dir)!r}"
+    other = recorded_task(output_dir)
+    if other is not None and other != task:
+        raise RunDirRefused(f"{shown} holds the directory of another task ({other}); choose a new hydra.run.dir")
     if is_finished(output_dir):
         if ckpt_path == "last":
             return False
-        raise ConfigError(
-            f"hydra.run.dir={str(output_dir)!r} already holds a finished run (metrics.json); choose a new "
+        raise RunDirRefused(
+            f"{shown} already holds a finished run (metrics.json); choose a new "
             "hydra.run.dir (to train it longer: hydra.run.dir=<new> "
             f"ckpt_path={output_dir / CHECKPOINT_DIR / 'last.ckpt'})"
         )
-    if ckpt_path is None and saved_checkpoints(output_dir):
-        raise ConfigError(
-            f"hydra.run.dir={str(output_dir)!r} holds the checkpoints of an unfinished run; resume it with "
+    saved = saved_checkpoints(output_dir)
+    if saved and ckpt_path is None:
+        raise RunDirRefused(
+            f"{shown} holds the checkpoints of an unfinished run; resume it with "
             "ckpt_path=last, or choose a new hydra.run.dir"
+        )
+    if saved and ckpt_path != "last" and Path(ckpt_path).resolve() not in {p.resolve() for p in saved}:
+        raise RunDirRefused(
+            f"{shown} holds the checkpoints of an unfinished run, which ckpt_path={ckpt_path!r} would replace; "
+            f"resume that run with ckpt_path=last, or start from {ckpt_path} in a new hydra.run.dir"
         )
     return True
 
@@ -139,15 +203,19 @@ def is_first_process() -> bool:
 def save_job_config(cfg: Any) -> None:
     """Write ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` into the job's run
     directory, as Hydra would (nothing outside a Hydra job, nothing on other ranks than 0). A
-    directory that has them already (a resumed run) keeps them: they describe how the run began."""
+    resumed run (the directory holds checkpoints) keeps those it has: they describe how the run
+    began; those of an attempt that saved nothing (refused, or failed early) are replaced, and its
+    ``failure.json`` removed."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized() or not is_first_process():
         return
     hydra_cfg = HydraConfig.get()
-    folder = Path(hydra_cfg.runtime.output_dir) / CONFIG_DIR
-    if (folder / "config.yaml").exists():
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    folder = output_dir / CONFIG_DIR
+    if (folder / "config.yaml").exists() and saved_checkpoints(output_dir):
         return
+    (output_dir / FAILURE_FILE).unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     documents = {
         "config.yaml": cfg,

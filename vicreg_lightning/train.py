@@ -24,8 +24,8 @@ from vicreg_lightning.loggers import build_loggers, finish_loggers
 from vicreg_lightning.module import VICRegModule
 from vicreg_lightning.patches import use_job_command_for_ddp_children
 from vicreg_lightning.resume import check_checkpoint, resolve_checkpoint
-from vicreg_lightning.run_dir import (METRICS_FILE, claim, read_metrics, save_job_config, saved_checkpoints,
-                                      write_metrics)
+from vicreg_lightning.run_dir import (FAILURE_FILE, METRICS_FILE, claim, held, read_metrics, save_job_config,
+                                      saved_checkpoints, write_metrics)
 
 # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM.
 PREEMPTED_EXIT_CODE = 143
@@ -66,17 +66,24 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """Pretrain, write ``metrics.json`` in ``paths.output_dir``; return the final metrics (flat
     ``{"val/probe_acc1": ..., "train/loss": ...}``). ``cfg`` may be checked already.
 
-    A finished run is never written into: ``ckpt_path=last`` on it (a requeued job that had
-    already ended) returns its recorded metrics, anything else is refused."""
+    The run holds its directory while it runs, and a finished run is never written into:
+    ``ckpt_path=last`` on it (a requeued job that had already ended) returns its recorded metrics,
+    anything else is refused."""
     composed = cfg
     cfg = check_config(cfg)
     check_trainer_arguments(cfg.trainer)
     slurm.check_allocation(cfg.trainer)
     output_dir = Path(cfg.paths.output_dir)
-    requested = slurm.resume_checkpoint(cfg.ckpt_path, bool(saved_checkpoints(output_dir)))
-    if not claim(output_dir, requested):
-        print(f"{output_dir} holds a finished run ({METRICS_FILE}); nothing to do")
-        return read_metrics(output_dir)
+    with held(output_dir):
+        requested = slurm.resume_checkpoint(cfg.ckpt_path, bool(saved_checkpoints(output_dir)))
+        if not claim(output_dir, requested, cfg.task_name):
+            print(f"{output_dir} holds a finished run ({METRICS_FILE}); nothing to do")
+            return read_metrics(output_dir)
+        return _train(cfg, composed, output_dir, requested)
+
+
+def _train(cfg: DictConfig, composed: DictConfig, output_dir: Path, requested: str | None) -> dict[str, float]:
+    """:func:`run` once the run directory is held and claimed; ``requested``: the ``ckpt_path``."""
     if cfg.seed is not None:
         pl.seed_everything(cfg.seed, verbose=False)
 
@@ -96,7 +103,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     )
     ckpt_path = resolve_checkpoint(requested, output_dir)
     if ckpt_path is not None:
-        check_checkpoint(ckpt_path, module, requested)
+        check_checkpoint(ckpt_path, module, requested, cfg.trainer.max_epochs, cfg.trainer.max_steps)
     elif requested is not None:
         print(f"ckpt_path=last: no checkpoint in {output_dir} yet, starting from scratch", file=sys.stderr)
     loggers = build_loggers(cfg.logger, cfg)
@@ -107,14 +114,21 @@ def run(cfg: DictConfig) -> dict[str, float]:
             per_device = per_device_batch_size(cfg.data.batch_size, trainer.world_size)  # before DDP starts its processes
             check_micro_batch_size(cfg.data.micro_batch_size, per_device)
             save_job_config(composed)  # once every check has passed; a resumed run keeps its own
-            metrics = _fit(trainer, module, datamodule, ckpt_path, output_dir)
+            metrics, finished = _fit(trainer, module, datamodule, ckpt_path, output_dir)
         except BaseException:
             finish_loggers(loggers, failed=True)
             raise
     finish_loggers(loggers)
+    if not finished:  # by trainer.max_time: resumable, so not recorded as finished
+        if trainer.is_global_zero:
+            print(f"stopped by trainer.max_time at epoch {trainer.current_epoch} of {trainer.max_epochs} (step "
+                  f"{trainer.global_step}), not finished; continue with: hydra.run.dir={output_dir} ckpt_path=last",
+                  file=sys.stderr)
+        return metrics
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_metrics(output_dir / METRICS_FILE, metrics)
+        (output_dir / FAILURE_FILE).unlink(missing_ok=True)  # of an earlier attempt
         summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("val/probe_acc1", "val/probe_acc5", "train/loss")
                             if k in metrics)
         print(f"Final metrics ({output_dir / METRICS_FILE}): {summary}")
@@ -123,8 +137,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 def _fit(
     trainer: pl.Trainer, module: VICRegModule, datamodule: VICRegDataModule, ckpt_path: Path | None, output_dir: Path
-) -> dict[str, float]:
-    """Train; the final metrics, as every rank sees them (synchronised by Lightning)."""
+) -> tuple[dict[str, float], bool]:
+    """Train; the final metrics, as every rank sees them (synchronised by Lightning), and whether the
+    run finished (False: ``trainer.max_time`` stopped it first; ``last.ckpt`` continues it)."""
     preemption = [callback for callback in trainer.callbacks if isinstance(callback, CheckpointOnPreemption)]
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -149,4 +164,4 @@ def _fit(
         metrics[f"{checkpoint.monitor}_best"] = float(checkpoint.best_model_score)
     metrics["epoch"] = float(trainer.current_epoch)
     metrics["step"] = float(trainer.global_step)
-    return metrics
+    return metrics, not any(callback.stopped_by_time for callback in preemption)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vicreg_lightning import slurm
@@ -47,6 +48,7 @@ class CheckpointOnPreemption(pl.Callback):
     def __init__(self, dirpath: str, filename: str = "last",
                  requeue_signals: Sequence[str] = ("SIGUSR1", "SIGUSR2")) -> None:
         self.path = Path(dirpath) / f"{filename}.ckpt"
+        self._time_path = Path(dirpath) / f".{filename}-max-time.ckpt"
         self.requeue_signals = [signal.Signals[name] for name in requeue_signals]
         self._replaced: dict[signal.Signals, Any] = {}
         self._pending: tuple[Any, signal.Signals] | None = None
@@ -54,6 +56,7 @@ class CheckpointOnPreemption(pl.Callback):
         self._held_handler: Any = None
         self._held_signal = False
         self._global_zero = True
+        self.stopped_by_time = False  # by trainer.max_time, before the run's end: not finished
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or threading.current_thread() is not threading.main_thread():
@@ -65,6 +68,22 @@ class CheckpointOnPreemption(pl.Callback):
             if callable(waiting) or slurm.job_id() is not None:
                 self._replaced[signum] = waiting
                 signal.signal(signum, self._stop_then_hand_over)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        # trainer.max_time: Lightning's Timer stops after this step, and the epoch-end checkpoint
+        # that follows counts the cut-short epoch as done; this step's is resumable.
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is None or self.stopped_by_time:
+            return
+        out_of_time = trainer.strategy.broadcast((timer.time_remaining() or 0.0) <= 0)
+        if out_of_time and not (trainer.is_last_batch and trainer.current_epoch + 1 >= trainer.max_epochs):
+            trainer.save_checkpoint(self._time_path)
+            self.stopped_by_time = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After the epoch-end checkpoints, which the stop would otherwise leave as the last one.
+        if self.stopped_by_time and trainer.is_global_zero:
+            os.replace(self._time_path, self.path)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if threading.current_thread() is threading.main_thread() and self._held_handler is None:

@@ -13,13 +13,14 @@ from omegaconf import DictConfig
 from vicreg_lightning.data.augment import eval_transform
 from vicreg_lightning.data.datamodule import default_num_workers
 from vicreg_lightning.data.datasets import Transformed, build_datasets
-from vicreg_lightning.errors import ConfigError, UserError
+from vicreg_lightning.errors import ConfigError, RunDirRefused, UserError
 from vicreg_lightning.evaluate.config import check_eval_config, resolve_data
 from vicreg_lightning.evaluate.data import labelled_part, train_transform
 from vicreg_lightning.evaluate.protocols import feature_batches, frozen_backbone_batches, knn_eval, linear_eval, one_cpu_thread, semi_supervised_eval
 from vicreg_lightning.export import load_encoder
 from vicreg_lightning.features import extract_features, make_loader
-from vicreg_lightning.run_dir import METRICS_FILE, save_job_config, write_metrics
+from vicreg_lightning.run_dir import (METRICS_FILE, held, recorded_task, save_job_config, saved_checkpoints,
+                                      write_metrics)
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,19 @@ def run(cfg: DictConfig) -> dict[str, float]:
     composed = cfg
     cfg = check_eval_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    if (output_dir / METRICS_FILE).exists():
-        raise ConfigError(f"paths.output_dir={str(output_dir)!r} already holds a finished evaluation; "
-                          "choose a new hydra.run.dir")
-    save_job_config(composed)
+    with held(output_dir):
+        shown = f"hydra.run.dir={str(output_dir)!r}"
+        if (output_dir / METRICS_FILE).exists():
+            raise RunDirRefused(f"{shown} already holds a finished evaluation; choose a new hydra.run.dir")
+        other = recorded_task(output_dir)
+        if saved_checkpoints(output_dir) or other not in (None, cfg.task_name):
+            raise RunDirRefused(f"{shown} holds a {other or 'training'} run; evaluate into a new hydra.run.dir")
+        save_job_config(composed)
+        return _evaluate(cfg, output_dir)
+
+
+def _evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
+    """:func:`run` once the output directory is held and checked."""
     device = pick_device(cfg.device)
     try:
         backbone, expander, info = load_encoder(cfg.weights, arch=cfg.arch)
