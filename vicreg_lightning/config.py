@@ -29,6 +29,7 @@ from vicreg_lightning.models import parse_expander_spec
 from vicreg_lightning.optim import OPTIMIZERS
 
 VIEWS_FORWARD = ("auto", "separate", "concat")  # model.views_forward (vicreg_lightning.module.VICRegModule)
+ACCESS = ("indexed", "stream")  # data.access (vicreg_lightning.data.shards)
 
 
 @dataclass
@@ -87,6 +88,11 @@ class DataConfig:
     train_dir: str = MISSING  # folder data sets: sub-folders of root
     val_dir: str = MISSING
     bad_images: str = MISSING  # folder data sets: files that cannot be images; error or skip
+    input_dir: Optional[str] = MISSING  # data=shards: a local folder or s3:// / gs:// URL of vicreg-shard's output
+    cache_dir: Optional[str] = MISSING  # data=shards from an object store: LitData's chunk cache; None: its default
+    max_cache_size: Optional[str] = MISSING  # that cache's budget (e.g. 100GB); None: LitData's default
+    access: str = MISSING  # data=shards: indexed (any step, any device count) or stream (object stores)
+    remote_timeout_s: Optional[float] = MISSING  # data=shards from an object store: the first answer's deadline
 
 
 @dataclass
@@ -300,6 +306,7 @@ def _check_data(data: DictConfig) -> None:
     require_value(data.prefetch_factor >= 1, "data.prefetch_factor", data.prefetch_factor, "an integer >= 1")
     require_value(0.0 < data.val_fraction < 1.0, "data.val_fraction", data.val_fraction, "a fraction in (0, 1)")
     require_value(data.bad_images in ("error", "skip"), "data.bad_images", data.bad_images, "error or skip")
+    require_value(data.access in ACCESS, "data.access", data.access, f"one of {', '.join(ACCESS)}")
 
 
 def _check_augment(augment: DictConfig) -> None:
