@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from tests.fake_data import write_image_folder
-from tests.runs import compose_train, configs, weights
+from tests.runs import compose_eval, compose_train, configs, weights
 from vicreg_lightning.cli import shard
 from vicreg_lightning.data.catalog import inspect_data
 from vicreg_lightning.data.datamodule import VICRegDataModule
@@ -115,20 +117,147 @@ def assert_same_weights(a_dir: Path, b_dir: Path) -> None:
     assert [name for name in a if not torch.equal(a[name], b[name])] == []
 
 
-def test_indexed_shards_resume_from_sigterm_mid_epoch_with_bit_identical_weights(folder_and_shards, tmp_path):
-    _, shards = folder_and_shards
-    two_epochs = ("trainer.max_epochs=2", "data.num_workers=1")
-    assert run(compose_train(*shards_run(shards, tmp_path / "straight", *two_epochs)))["step"] == 6
-    stopped_and_resumed(shards, tmp_path / "run", 4, *two_epochs)
-    assert_same_weights(tmp_path / "straight", tmp_path / "run")
+TWO_EPOCHS = ("trainer.max_epochs=2", "data.num_workers=1")
+
+
+@pytest.fixture(scope="module")
+def indexed_run(folder_and_shards, tmp_path_factory) -> Path:
+    """Two epochs on the shards (data.access=indexed, the default), uninterrupted."""
+    run_dir = tmp_path_factory.mktemp("indexed") / "straight"
+    cfg = compose_train(*shards_run(folder_and_shards[1], run_dir, *TWO_EPOCHS))
+    assert run(cfg)["step"] == 6
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # what train.py's Hydra job writes
+    return run_dir
+
+
+def test_indexed_shards_resume_from_sigterm_mid_epoch_with_bit_identical_weights(folder_and_shards, indexed_run,
+                                                                                  tmp_path):
+    stopped_and_resumed(folder_and_shards[1], tmp_path / "run", 4, *TWO_EPOCHS)
+    assert_same_weights(indexed_run, tmp_path / "run")
+
+
+def test_eval_export_and_report_read_a_shards_run(folder_and_shards, indexed_run, tmp_path):
+    from vicreg_lightning.evaluate import run as evaluate
+    from vicreg_lightning.export import export
+    from vicreg_lightning.report.source import load_for_report
+
+    root, shards = folder_and_shards
+    knn = ["eval=knn", "eval.knn.k=[3]"]
+    on_shards = evaluate(compose_eval(f"weights={indexed_run}", *knn, f"paths.output_dir={tmp_path / 'shards'}"))
+    # The same weights on the folder the shards were written from: the same images, the same numbers.
+    on_folder = evaluate(compose_eval(f"weights={indexed_run}", *knn, "data=imagefolder", f"data.root={root}",
+                                      f"paths.output_dir={tmp_path / 'folder'}"))
+    accuracies = [{k: v for k, v in metrics.items() if "acc" in k} for metrics in (on_shards, on_folder)]
+    assert "eval/knn3_acc1" in accuracies[0] and accuracies[0] == accuracies[1]
+    encoder = load_for_report(export(indexed_run, tmp_path / "export"))
+    assert encoder.data.name == "shards" and encoder.data.input_dir == str(shards)
 
 
 def test_stream_resumes_exactly_mid_epoch_at_an_epochs_end_and_in_a_later_epoch(folder_and_shards, tmp_path):
     """Each resumed run ends with the uninterrupted run's weights; a resume mid-epoch that replayed
     the saved position in the next epoch (LitData's restore flag under Lightning) would not."""
     _, shards = folder_and_shards
-    stream = ("data.access=stream", "data.num_workers=2", "trainer.max_epochs=3")
-    assert run(compose_train(*shards_run(shards, tmp_path / "straight", *stream)))["step"] == 9
-    for step in (1, 3, 4):  # within epoch 0, at its end, within epoch 1
+    stream = ("data.access=stream", "data.num_workers=2", "trainer.max_epochs=2")
+    assert run(compose_train(*shards_run(shards, tmp_path / "straight", *stream)))["step"] == 6
+    for step in (1, 3, 4):  # within the first epoch, at its end, within the second
         stopped_and_resumed(shards, tmp_path / f"stopped_at_{step}", step, *stream)
         assert_same_weights(tmp_path / "straight", tmp_path / f"stopped_at_{step}")
+
+
+def one_line_exit_2(capsys, call) -> str:
+    """The error line of ``call()``, which must exit with code 2 after printing one line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        call()
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_vicreg_shard_refuses_a_non_empty_output_or_no_images_and_restarts_a_stopped_run(
+        folder_and_shards, tmp_path, capsys, monkeypatch):
+    import vicreg_lightning.data.shard_writer as writer
+
+    root, _ = folder_and_shards
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    assert "is not empty" in one_line_exit_2(capsys, lambda: shard([str(root), str(taken)]))
+    assert [p.name for p in taken.iterdir()] == ["notes.txt"] and (taken / "notes.txt").read_text() == "mine"
+    (tmp_path / "empty" / "train" / "cat").mkdir(parents=True)
+    assert "no images" in one_line_exit_2(capsys, lambda: shard([str(tmp_path / "empty"), str(tmp_path / "out")]))
+    assert not (tmp_path / "out").exists()
+
+    out, real_write_split = tmp_path / "stopped", writer.write_split
+
+    def stopped_in_val(folder, *args):
+        if folder.name == "val":
+            raise KeyboardInterrupt
+        real_write_split(folder, *args)
+
+    monkeypatch.setattr(writer, "write_split", stopped_in_val)
+    with pytest.raises(KeyboardInterrupt):
+        shard([str(root), str(out)])
+    monkeypatch.undo()
+    data = configs("shards", input_dir=str(out))[0]
+    with pytest.raises(DataError, match="an unfinished vicreg-shard run .* run the same vicreg-shard command again"):
+        inspect_data(data)
+    assert "other settings" in one_line_exit_2(capsys, lambda: shard([str(root), str(out), "--seed", "1"]))
+    assert shard([str(root), str(out)]) == 0  # the same command again finishes it
+    assert inspect_data(data) == 3 and not (out / UNFINISHED).exists()
+
+
+def corrupted(shards: Path, folder: Path, change) -> Path:
+    shutil.copytree(shards, folder)
+    change(folder)
+    return folder
+
+
+def edit_manifest(folder: Path, **changes) -> None:
+    manifest = json.loads((folder / MANIFEST).read_text())
+    for key, value in changes.items():
+        target = manifest
+        *parents, last = key.split("__")
+        for parent in parents:
+            target = target[parent]
+        target[last] = value
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+def truncate_a_chunk(folder: Path) -> None:
+    chunk = sorted((folder / "train").glob("chunk-*.bin"))[1]
+    chunk.write_bytes(chunk.read_bytes()[:-100])
+
+
+def test_bad_shard_sets_are_one_line_each(folder_and_shards, tmp_path, monkeypatch):
+    _, shards = folder_and_shards
+    cases = {
+        "no such folder": tmp_path / "nowhere",
+        r"val/index.json is missing \(a partial copy\?\)": corrupted(
+            shards, tmp_path / "partial", lambda f: (f / "val" / "index.json").unlink()),
+        r"train/index.json holds 24 records, manifest.json says 25": corrupted(
+            shards, tmp_path / "mismatch", lambda f: edit_manifest(f, splits__train__count=25)),
+        r"chunk train/chunk-\S+ is \d+ bytes, \d+ expected \(truncated": corrupted(
+            shards, tmp_path / "truncated", truncate_a_chunk),
+        "shards of format version 2, this vicreg-lightning reads version 1; write them again": corrupted(
+            shards, tmp_path / "future", lambda f: edit_manifest(f, format_version=2)),
+    }
+    for message, folder in cases.items():
+        with pytest.raises(DataError, match=message) as error:
+            inspect_data(configs("shards", input_dir=str(folder))[0])
+        assert "\n" not in str(error.value) and str(folder) in str(error.value)
+    # A manifest of another order: the first record read says so.
+    other = corrupted(shards, tmp_path / "other_seed", lambda f: edit_manifest(f, seed=7))
+    train, _, _ = build_datasets(configs("shards", input_dir=str(other))[0])
+    with pytest.raises(DataError, match="holds sample .* where its manifest puts"):
+        [train[i] for i in range(len(train))]
+
+    # An object store that refuses connections: one line within the timeout, no hang.
+    for key, value in {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "test",
+                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
+    start = time.monotonic()
+    with pytest.raises(DataError, match=r"data.input_dir='s3://vicreg-test/shards': (cannot read manifest.json|no answer)"):
+        inspect_data(configs("shards", input_dir="s3://vicreg-test/shards", remote_timeout_s=3)[0])
+    assert time.monotonic() - start < 10

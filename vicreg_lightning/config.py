@@ -29,7 +29,6 @@ from vicreg_lightning.models import parse_expander_spec
 from vicreg_lightning.optim import OPTIMIZERS
 
 VIEWS_FORWARD = ("auto", "separate", "concat")  # model.views_forward (vicreg_lightning.module.VICRegModule)
-ACCESS = ("indexed", "stream")  # data.access (vicreg_lightning.data.shards)
 
 
 @dataclass
@@ -306,7 +305,7 @@ def _check_data(data: DictConfig) -> None:
     require_value(data.prefetch_factor >= 1, "data.prefetch_factor", data.prefetch_factor, "an integer >= 1")
     require_value(0.0 < data.val_fraction < 1.0, "data.val_fraction", data.val_fraction, "a fraction in (0, 1)")
     require_value(data.bad_images in ("error", "skip"), "data.bad_images", data.bad_images, "error or skip")
-    require_value(data.access in ACCESS, "data.access", data.access, f"one of {', '.join(ACCESS)}")
+    require_value(data.access in ("indexed", "stream"), "data.access", data.access, "indexed or stream")
 
 
 def _check_augment(augment: DictConfig) -> None:
@@ -377,16 +376,10 @@ def _check_optim(optim: DictConfig) -> None:
                   optim.clip_grad_norm, "null (no clipping) or a gradient norm > 0")
 
 
-def _check_paths(paths: DictConfig) -> None:
-    """Nothing beyond the schema: any path will do until it is used."""
-
-
 def _check_schedule(optim: DictConfig, trainer: DictConfig) -> None:
     max_epochs = trainer.get("max_epochs")
-    require_value(
-        isinstance(max_epochs, int) and not isinstance(max_epochs, bool) and max_epochs >= 1,
-        "trainer.max_epochs", max_epochs, "an integer >= 1",
-    )
+    require_value(isinstance(max_epochs, int) and not isinstance(max_epochs, bool) and max_epochs >= 1,
+                  "trainer.max_epochs", max_epochs, "an integer >= 1")
     # Longer than the run, the warmup would end the run before the lr reaches its peak.
     require_value(optim.warmup_epochs <= max_epochs, "optim.warmup_epochs", optim.warmup_epochs,
                   f"at most trainer.max_epochs ({max_epochs}) epochs; lower it for a short run")
@@ -398,7 +391,7 @@ SECTIONS: dict[str, tuple[type, Callable[[DictConfig], None]]] = {  # each group
     "model": (ModelConfig, _check_model),
     "loss": (LossConfig, _check_loss),
     "optim": (OptimConfig, _check_optim),
-    "paths": (PathsConfig, _check_paths),
+    "paths": (PathsConfig, lambda paths: None),  # nothing beyond the schema: any path will do until it is used
 }
 
 
