@@ -147,6 +147,7 @@ def test_eval_export_and_report_read_a_shards_run(folder_and_shards, indexed_run
     on_shards = evaluate(compose_eval(f"weights={indexed_run}", *knn, f"paths.output_dir={tmp_path / 'shards'}"))
     # The same weights on the folder the shards were written from: the same images, the same numbers.
     on_folder = evaluate(compose_eval(f"weights={indexed_run}", *knn, "data=imagefolder", f"data.root={root}",
+                                      "augment.size=16", "augment.val_resize=16",  # the run's (the preset has its own)
                                       f"paths.output_dir={tmp_path / 'folder'}"))
     accuracies = [{k: v for k, v in metrics.items() if "acc" in k} for metrics in (on_shards, on_folder)]
     assert "eval/knn3_acc1" in accuracies[0] and accuracies[0] == accuracies[1]
