@@ -197,6 +197,8 @@ class VICRegDataModule(pl.LightningDataModule):
         args = {"batch_size": self.per_device_batch_size, "num_workers": workers, "worker_init_fn": ignore_stop_signals,
                 "pin_memory": self.data_cfg.pin_memory and torch.cuda.is_available(),
                 "prefetch_factor": self.data_cfg.prefetch_factor if workers > 0 else None}
+        # LitData gives each worker its own part of the stream; Lightning cannot see that and warns.
+        warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
         self._stream_loaders = StreamLoaders(dataset, lambda: self.trainer.current_epoch, args, self._resume_position)
         self._resume_position = None
         return self._stream_loaders
