@@ -262,3 +262,14 @@ def test_bad_shard_sets_are_one_line_each(folder_and_shards, tmp_path, monkeypat
     with pytest.raises(DataError, match=r"data.input_dir='s3://vicreg-test/shards': (cannot read manifest.json|no answer)"):
         inspect_data(configs("shards", input_dir="s3://vicreg-test/shards", remote_timeout_s=3)[0])
     assert time.monotonic() - start < 10
+
+
+def test_a_mid_epoch_checkpoint_resumes_only_with_its_own_access(folder_and_shards):
+    from vicreg_lightning.errors import ConfigError
+
+    _, shards = folder_and_shards
+    for access, saved in (("indexed", {"epoch": 1, "batch": 2, "loader": {}}), ("stream", {"epoch": 1, "batch": 2})):
+        dm = VICRegDataModule(*configs("shards", input_dir=str(shards), access=access), seed=0)
+        with pytest.raises(ConfigError, match="saved mid-epoch with data.access=.*; resume with that data.access"):
+            dm.load_state_dict({"train_position": saved})
+        dm.load_state_dict({"train_position": {**saved, "batch": 0}})  # an epoch's start suits both

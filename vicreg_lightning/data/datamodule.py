@@ -99,6 +99,13 @@ class VICRegDataModule(pl.LightningDataModule):
         first asks for the loader, which may happen before the loops' own state is restored), so the
         loader's first iterator, whenever it is made, starts at the saved position."""
         self._resume_position = state.get("train_position")
+        # Mid-epoch, a position of one order cannot continue the other (an epoch's start can).
+        saved_stream = "loader" in (self._resume_position or {})
+        if self._resume_position and self._resume_position["batch"] and saved_stream != self.stream:
+            raise ConfigError(
+                f"ckpt_path: saved mid-epoch with data.access={'stream' if saved_stream else 'indexed'}; resume with "
+                "that data.access (the two read the samples in different orders)"
+            )
         # Lightning cannot see that the position is restored here and warns about it.
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,12 @@ SPLITS = ("train", "val")
 # Written first by vicreg-shard, removed with the manifest's arrival: an unfinished run.
 UNFINISHED = ".vicreg-shard-unfinished"
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://", "azure://", "hf://")
+
+
+def litdata_offline() -> None:
+    """Call before importing LitData: releases that ask PyPI for a newer version (at import, or
+    as a data set is made) read this switch once. No network call at run time."""
+    os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
 
 
 def is_remote(input_dir: str) -> bool:
@@ -97,8 +104,9 @@ def check_local(folder: Path) -> dict[str, Any]:
         if not index_path.is_file():
             raise DataError(f"data.input_dir={str(folder)!r}: {split}/{INDEX} is missing (a partial copy?); "
                             "copy the whole folder again")
-        check_index(json.loads(index_path.read_text()), manifest, split, str(folder))
-        for chunk in json.loads(index_path.read_text())["chunks"]:
+        index = json.loads(index_path.read_text())
+        check_index(index, manifest, split, str(folder))
+        for chunk in index["chunks"]:
             path = folder / split / chunk["filename"]
             size = path.stat().st_size if path.is_file() else None
             if size != chunk["chunk_bytes"]:
@@ -148,9 +156,7 @@ def fetch_remote_manifest(data: Any) -> dict[str, Any]:
 
 
 def _download_text(data: Any, name: str) -> str:
-    os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
-    import tempfile
-
+    litdata_offline()
     from litdata.streaming.downloader import get_downloader
 
     with tempfile.TemporaryDirectory() as local:

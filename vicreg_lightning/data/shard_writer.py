@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from vicreg_lightning.data.shard_format import (
-    FORMAT, FORMAT_VERSION, MANIFEST, SPLITS, UNFINISHED, samples_hash, stored_order,
+    FORMAT, FORMAT_VERSION, MANIFEST, SPLITS, UNFINISHED, litdata_offline, samples_hash, stored_order,
 )
 from vicreg_lightning.errors import DataError
 
@@ -87,7 +87,7 @@ def _read_in_order(paths: list[str], threads: int) -> Iterator[bytes]:
 def write_split(folder: Path, paths: list[str], labels: list[int], seed: int, chunk_bytes: str, threads: int,
                 progress: Any) -> None:
     """One split's records, in :func:`stored_order`, into LitData chunks and ``index.json``."""
-    os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
+    litdata_offline()
     from litdata.streaming.writer import BinaryWriter
 
     order = stored_order(seed, len(paths)).tolist()

@@ -14,7 +14,6 @@ Images are decoded from the stored bytes by the image folders' own decoder
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,11 +22,10 @@ from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
 from vicreg_lightning.data.datasets import decode_rgb
-from vicreg_lightning.data.shard_format import stored_order
+from vicreg_lightning.data.shard_format import litdata_offline, stored_order
 from vicreg_lightning.errors import DataError
 
-# LitData asks PyPI for a newer version when this is unset in some releases: no network at run time.
-os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
+litdata_offline()
 try:
     from litdata import StreamingDataLoader, StreamingDataset
 except ImportError:  # the optional extra is not installed
