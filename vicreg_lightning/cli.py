@@ -195,7 +195,8 @@ def shard(argv: list[str] | None = None) -> int:
 
     from vicreg_lightning.data.shard_writer import shard_defaults
 
-    parser = argparse.ArgumentParser(prog="vicreg-shard", description=shard.__doc__.splitlines()[0].split(": ", 1)[1])
+    parser = argparse.ArgumentParser(prog="vicreg-shard", description="Write an image folder as a LitData shard set "
+                                     "for data=shards (train and val splits, manifest.json).")
     parser.add_argument("source", help="the image folder: data.root of data=imagefolder or data=imagenet")
     parser.add_argument("out", help="a new or empty folder for the shard set")
     parser.add_argument("--data", choices=("imagefolder", "imagenet"), help="its layout (default: %(default)s)")
