@@ -24,6 +24,7 @@ from vicreg_lightning.data.shard_format import (
 from vicreg_lightning.errors import DataError
 
 SHARD_YAML = Path(__file__).resolve().parents[1] / "conf" / "shard.yaml"
+PARTIAL_MANIFEST = f"{MANIFEST}.partial"  # renamed into place: a manifest is never half written
 # Records read ahead of the writer at a time: bounds the memory the reading pool holds.
 _WINDOW = 512
 
@@ -58,11 +59,14 @@ def _check_output(out: Path, request: dict[str, Any]) -> None:
     entries = set(os.listdir(out)) if out.is_dir() else set()
     if MANIFEST in entries:
         raise DataError(f"{str(out)!r} already holds a shard set ({MANIFEST}); give a new or empty folder")
-    if UNFINISHED in entries and entries <= {UNFINISHED, *SPLITS}:
+    if UNFINISHED in entries and entries <= {UNFINISHED, PARTIAL_MANIFEST, *SPLITS}:
         earlier = json.loads((out / UNFINISHED).read_text())
         if earlier != request:
+            settings = {**request["data"], **request}, {**earlier.get("data", {}), **earlier}
+            differ = "; ".join(f"{key} {settings[1].get(key)!r} there, {value!r} here"
+                               for key, value in settings[0].items() if key != "data" and settings[1].get(key) != value)
             raise DataError(
-                f"{str(out)!r} holds an unfinished vicreg-shard run of other settings ({earlier}); run that "
+                f"{str(out)!r} holds an unfinished vicreg-shard run of other settings ({differ}); run that "
                 "command again to finish it, or give a new folder"
             )
     elif entries:
@@ -107,12 +111,13 @@ def write_shards(data: Any, out: Path, seed: int, chunk_bytes: str, read_threads
     from vicreg_lightning.data.datasets import build_datasets
 
     out = Path(out)
-    request = {"root": str(Path(data.root).resolve()), "data": data.name, "seed": seed, "chunk_bytes": chunk_bytes}
+    # What a restart must repeat: the folder as read (every data.* key), the order and the chunks.
+    read_as = {key: data[key] for key in ("name", "train_dir", "val_dir", "val_fraction", "split_seed", "bad_images")}
+    request = {"data": {**read_as, "root": str(Path(data.root).resolve())}, "seed": seed, "chunk_bytes": chunk_bytes}
     _check_output(out, request)
     train, val, _ = build_datasets(data)  # the folder's checks: no images, bad images, class folders
     _claim_output(out, request)
     splits = dict(zip(SPLITS, (folder_samples(train), folder_samples(val))))
-    root = Path(data.root).resolve()
     manifest: dict[str, Any] = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "seed": seed, "source": request,
         "classes": classes_of(train), "splits": {},
@@ -121,11 +126,10 @@ def write_shards(data: Any, out: Path, seed: int, chunk_bytes: str, read_threads
     with tqdm(total=total, desc=f"vicreg-shard {out}", unit="img", disable=None) as progress:
         for split, (paths, labels) in splits.items():
             write_split(out / split, paths, labels, seed, chunk_bytes, read_threads, progress)
-            relative = [os.path.relpath(Path(p).resolve(), root) for p in paths]
+            relative = [os.path.relpath(p, data.root) for p in paths]
             manifest["splits"][split] = {"count": len(paths), "samples_sha256": samples_hash(relative, labels),
                                          "labels": labels}
-    partial = out / f"{MANIFEST}.partial"
-    partial.write_text(json.dumps(manifest))
-    os.replace(partial, out / MANIFEST)
+    (out / PARTIAL_MANIFEST).write_text(json.dumps(manifest))
+    os.replace(out / PARTIAL_MANIFEST, out / MANIFEST)
     (out / UNFINISHED).unlink()
     return manifest
