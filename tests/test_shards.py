@@ -59,6 +59,16 @@ def test_shards_round_trip_the_folders_ids_labels_and_bytes(folder_and_shards):
     assert ids != sorted(ids) and len(list((shards / "train").glob("chunk-*.bin"))) > 3
 
 
+def test_a_folder_without_val_is_sharded_with_its_seeded_split(tmp_path):
+    write_image_folder(tmp_path / "images" / "train", classes=2, per_class=5, size=16)
+    assert shard([str(tmp_path / "images"), str(tmp_path / "shards"), "--set", "val_fraction=0.4"]) == 0
+    folder = build_datasets(configs("imagefolder", root=str(tmp_path / "images"), val_fraction=0.4)[0])
+    shards = build_datasets(configs("shards", input_dir=str(tmp_path / "shards"))[0])
+    for folder_split, shard_split in zip(folder[:2], shards[:2]):
+        assert len(shard_split) == len(folder_split) and shard_split.targets == [y for _, y in folder_split]
+        assert all(torch.equal(folder_split[i][0], shard_split[i][0]) for i in range(len(folder_split)))
+
+
 def epoch_batches(data_name: str, location: Path, workers: int, world: int = 1, rank: int = 0) -> list:
     """``[epoch][step] -> (view_a, view_b, labels)`` of one rank over 2 epochs, from one loader."""
     where = {"input_dir": str(location)} if data_name == "shards" else {}
