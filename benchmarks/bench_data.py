@@ -11,6 +11,10 @@ ImageNet's mean size), or any ImageFolder given by ``--root``. Each sample is a 
 - ours: :func:`read_rgb` + :class:`Views` (OpenCV), uint8 views (normalised on the device);
 - ours + CPU normalisation: the same, normalised to float32 in the worker, for a like-for-like row.
 
+A second table compares where our pipeline reads the same images from (vicreg-shard writes them as
+LitData shards in a temporary folder; the same decoder and views): the folder of JPEG files, the
+local shards read by index (``data.access=indexed``), and streamed (``data.access=stream``).
+
 With a GPU, ``--device cuda`` adds the on-device mode (``augment.on_device``): kornia on batches of
 256 stored images, in samples/s of the GPU rather than per worker. The table prints samples/s and
 the ratio to the official pipeline (above 1: faster).
@@ -39,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vicreg_lightning.config import preset  # noqa: E402
 from vicreg_lightning.data.augment import Normalize, Views, device_views, same_size  # noqa: E402
 from vicreg_lightning.data.datasets import read_rgb  # noqa: E402
+from vicreg_lightning.cli import shard  # noqa: E402
 
 
 
@@ -136,6 +141,40 @@ def samples_per_s(pipeline: Callable[[str], object], paths: list[str]) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
+def shard_readers(paths: list[str], folder: Path, size: int) -> dict[str, Callable[[str], object]]:
+    """Our pipeline reading ``paths`` from vicreg-shard's shards of them (written into ``folder``):
+    by index, and streamed (a pass restarts when the epoch is done). Each reads the next sample
+    (the path is the folder pipeline's argument)."""
+    from vicreg_lightning.data.shards import ShardImages, StreamViews
+    from vicreg_lightning.data.shard_format import check_local
+
+    for i, path in enumerate(paths):  # an ImageFolder of links: two classes, a val split of one image each
+        for split in ("train", "val") if i < 2 else ("train",):
+            link = folder / "images" / split / "ab"[i % 2] / Path(path).name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path)
+    shard([str(folder / "images"), str(folder / "shards"), "--chunk-bytes", "16MB"])
+    data = OmegaConf.create({"input_dir": str(folder / "shards"), "cache_dir": None, "max_cache_size": None})
+    indexed = ShardImages(data, "train", check_local(folder / "shards"))
+    views = Views(official_augment(size), seed=0)
+    stream = StreamViews(data, views, seed=0)
+    position: list[Any] = [itertools.count(), iter(stream)]
+
+    def by_index(path: str) -> object:
+        sample_id = next(position[0]) % len(indexed)
+        image, _ = indexed[sample_id]
+        return views(image, 0, sample_id)
+
+    def streamed(path: str) -> object:
+        try:
+            return next(position[1])
+        except StopIteration:
+            position[1] = iter(stream)
+            return next(position[1])
+
+    return {"local shards, indexed": by_index, "local shards, stream": streamed}
+
+
 def device_samples_per_s(paths: list[str], size: int, device: str, repeats: int) -> float:
     # What the loader workers hand the device in this mode (augment.device_source_size=256).
     aug = official_augment(size, device_source_size=256)
@@ -174,13 +213,18 @@ def main() -> None:
             "ours (OpenCV, uint8 out)": our_pipeline(args.size, normalize_on_cpu=False),
             "ours + normalise on CPU": our_pipeline(args.size, normalize_on_cpu=True),
         }
-        for pipeline in pipelines.values():  # warm-up: imports, lookup tables, page cache
+        readers = shard_readers(paths, Path(tmp) / "sharded", args.size)
+        every = {**pipelines, **readers}
+        for pipeline in every.values():  # warm-up: imports, lookup tables, page cache
             pipeline(paths[0])
-        rates: dict[str, list[float]] = {name: [] for name in pipelines}
+        rates: dict[str, list[float]] = {name: [] for name in every}
         for _ in range(args.repeats):  # interleaved, so that machine noise falls on every row alike
-            for name, pipeline in pipelines.items():
+            for name, pipeline in every.items():
                 rates[name].append(samples_per_s(pipeline, paths))
-        results = {name: statistics.median(r) for name, r in rates.items()}
+        results = {name: statistics.median(rates[name]) for name in pipelines}
+        # The folder's row is our pipeline's above: the same reader, timed once.
+        read_from = {"folder of image files": results["ours (OpenCV, uint8 out)"],
+                     **{name: statistics.median(rates[name]) for name in readers}}
         if args.device == "cuda":
             results["on-device (kornia, batch 256; whole GPU)"] = device_samples_per_s(
                 paths, args.size, args.device, args.repeats)
@@ -192,6 +236,10 @@ def main() -> None:
     print("| pipeline | samples/s | × official |\n|---|---:|---:|")
     for name, rate in results.items():
         print(f"| {name} | {rate:.1f} | {rate / baseline:.2f} |")
+    print("\nours, by where the images are read from (the same images, decoder and views):")
+    print("| read from | samples/s | × folder |\n|---|---:|---:|")
+    for name, rate in read_from.items():
+        print(f"| {name} | {rate:.1f} | {rate / read_from['folder of image files']:.2f} |")
 
 
 if __name__ == "__main__":

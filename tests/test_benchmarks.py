@@ -69,3 +69,6 @@ def test_bench_data_compares_our_pipeline_with_the_official_one():
     rows = table_rows(output)
     assert float(rows["official (Pillow, torchvision v1)"][1]) == 1.0
     assert float(rows["ours (OpenCV, uint8 out)"][0]) > 0
+    # The same images read from vicreg-shard's shards, against the folder of files.
+    assert float(rows["folder of image files"][1]) == 1.0
+    assert float(rows["local shards, indexed"][0]) > 0 and float(rows["local shards, stream"][0]) > 0

@@ -188,3 +188,36 @@ def evaluate() -> Any:
     import hydra
 
     return exit_on_user_error(hydra.main(version_base="1.3", config_path="conf", config_name="eval")(_eval_job))
+
+
+def shard(argv: list[str] | None = None) -> int:
+    """``vicreg-shard <image folder> <out dir> [--option value ...]``: an image folder as a LitData
+    shard set for ``data=shards`` (:mod:`vicreg_lightning.data.shard_writer`)."""
+    import argparse
+
+    from omegaconf import OmegaConf
+
+    from vicreg_lightning.data.shard_writer import shard_defaults
+
+    parser = argparse.ArgumentParser(prog="vicreg-shard", description="Write an image folder as a LitData shard set "
+                                     "for data=shards (train and val splits, manifest.json).")
+    parser.add_argument("source", help="the image folder: data.root of data=imagefolder or data=imagenet")
+    parser.add_argument("out", help="a new or empty folder for the shard set")
+    parser.add_argument("--data", choices=("imagefolder", "imagenet"), help="its layout (default: %(default)s)")
+    parser.add_argument("--seed", type=int, help="the seed of the stored order (default: %(default)s)")
+    parser.add_argument("--chunk-bytes", help="LitData chunk size (default: %(default)s)")
+    parser.add_argument("--read-threads", type=int, help="files read ahead (default: %(default)s)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a data.<key> of the preset: train_dir, val_dir, val_fraction, split_seed, bad_images")
+    parser.set_defaults(**shard_defaults())
+    args = parser.parse_args(argv)
+    with user_errors_exit():
+        from vicreg_lightning.config import check_sections, preset
+        from vicreg_lightning.data.shard_writer import write_shards
+
+        (data,) = check_sections(data=OmegaConf.create(preset("data", args.data, f"root={args.source}", *args.set)))
+        manifest = write_shards(data, Path(args.out), args.seed, args.chunk_bytes, args.read_threads)
+    counts = ", ".join(f"{split} {info['count']}" for split, info in manifest["splits"].items())
+    print(f"wrote {counts} images of {len(manifest['classes'])} classes to {args.out}; "
+          f"train on them with data=shards data.input_dir={args.out}")
+    return 0

@@ -87,6 +87,11 @@ class DataConfig:
     train_dir: str = MISSING  # folder data sets: sub-folders of root
     val_dir: str = MISSING
     bad_images: str = MISSING  # folder data sets: files that cannot be images; error or skip
+    input_dir: Optional[str] = MISSING  # data=shards: a local folder or s3:// / gs:// URL of vicreg-shard's output
+    cache_dir: Optional[str] = MISSING  # data=shards from an object store: LitData's chunk cache; None: its default
+    max_cache_size: Optional[str] = MISSING  # that cache's budget (e.g. 100GB); None: LitData's default
+    access: str = MISSING  # data=shards: indexed (any step, any device count) or stream (object stores)
+    remote_timeout_s: Optional[float] = MISSING  # data=shards from an object store: the first answer's deadline
 
 
 @dataclass
@@ -300,6 +305,7 @@ def _check_data(data: DictConfig) -> None:
     require_value(data.prefetch_factor >= 1, "data.prefetch_factor", data.prefetch_factor, "an integer >= 1")
     require_value(0.0 < data.val_fraction < 1.0, "data.val_fraction", data.val_fraction, "a fraction in (0, 1)")
     require_value(data.bad_images in ("error", "skip"), "data.bad_images", data.bad_images, "error or skip")
+    require_value(data.access in ("indexed", "stream"), "data.access", data.access, "indexed or stream")
 
 
 def _check_augment(augment: DictConfig) -> None:
@@ -370,16 +376,10 @@ def _check_optim(optim: DictConfig) -> None:
                   optim.clip_grad_norm, "null (no clipping) or a gradient norm > 0")
 
 
-def _check_paths(paths: DictConfig) -> None:
-    """Nothing beyond the schema: any path will do until it is used."""
-
-
 def _check_schedule(optim: DictConfig, trainer: DictConfig) -> None:
     max_epochs = trainer.get("max_epochs")
-    require_value(
-        isinstance(max_epochs, int) and not isinstance(max_epochs, bool) and max_epochs >= 1,
-        "trainer.max_epochs", max_epochs, "an integer >= 1",
-    )
+    require_value(isinstance(max_epochs, int) and not isinstance(max_epochs, bool) and max_epochs >= 1,
+                  "trainer.max_epochs", max_epochs, "an integer >= 1")
     # Longer than the run, the warmup would end the run before the lr reaches its peak.
     require_value(optim.warmup_epochs <= max_epochs, "optim.warmup_epochs", optim.warmup_epochs,
                   f"at most trainer.max_epochs ({max_epochs}) epochs; lower it for a short run")
@@ -391,7 +391,7 @@ SECTIONS: dict[str, tuple[type, Callable[[DictConfig], None]]] = {  # each group
     "model": (ModelConfig, _check_model),
     "loss": (LossConfig, _check_loss),
     "optim": (OptimConfig, _check_optim),
-    "paths": (PathsConfig, _check_paths),
+    "paths": (PathsConfig, lambda paths: None),  # nothing beyond the schema: any path will do until it is used
 }
 
 

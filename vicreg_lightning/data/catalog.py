@@ -39,6 +39,7 @@ DATASETS: dict[str, DatasetEntry] = {
     "stl10": DatasetEntry("stl10", 10, archive_folder="stl10_binary"),
     "imagenet": DatasetEntry("imagenet", 1000, required_folders=("train",)),
     "imagefolder": DatasetEntry("folder_with_split", None),
+    "shards": DatasetEntry("shards", None),  # vicreg-shard's output: classes in its manifest.json
 }
 # torchvision.datasets.folder.IMG_EXTENSIONS: the files an ImageFolder reads.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -65,6 +66,10 @@ def inspect_data(data: Any) -> int:
     """The number of classes of a ``data`` config's set, after a quick look that it is there
     (the folder exists and holds an image, or it will be downloaded). Reads no image."""
     entry = DATASETS[data.name]
+    if data.name == "shards":
+        from vicreg_lightning.data.shard_format import check_shards
+
+        return len(check_shards(data)["classes"])
     if entry.archive_folder and not data.download and not (Path(data.root) / entry.archive_folder).is_dir():
         raise DataError(not_found(data.name, data.root, f"no folder {entry.archive_folder}/"))
     for folder in entry.required_folders:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from vicreg_lightning.data.catalog import MAX_DEFAULT_WORKERS
 from vicreg_lightning.data.augment import Normalize, SameSize, Views, device_views, eval_transform
 from vicreg_lightning.data.datasets import KeyedSamples, TensorImages, Transformed, build_datasets
-from vicreg_lightning.data.sampler import EpochSampler
+from vicreg_lightning.data.sampler import EpochSampler, position
 from vicreg_lightning.errors import ConfigError, DataError
 
 
@@ -78,15 +78,22 @@ class VICRegDataModule(pl.LightningDataModule):
         self.val_set: Dataset | None = None
         self.num_classes: int | None = None
         self._train_sampler: EpochSampler | None = None
-        self._resume_position: dict[str, int] | None = None
+        self._resume_position: dict[str, Any] | None = None
+        # data.access=stream: LitData's order (vicreg_lightning.data.shards), not the sampler's.
+        self.stream = data.name == "shards" and data.access == "stream"
+        self._stream_loaders: Any = None
 
     def state_dict(self) -> dict[str, Any]:
-        """Saved in every checkpoint: where the training order goes on (epoch, batch)."""
-        if self._train_sampler is None or self.trainer is None:
+        """Saved in every checkpoint: where the training order goes on (epoch, batch); with
+        ``data.access=stream``, also LitData's loader state there."""
+        if self.trainer is None or (self._train_sampler is None and self._stream_loaders is None):
             return {}
         # `processed`: the batches whose training step has run, also inside on_train_batch_end
         # (where Lightning's `completed` counter is one behind).
         done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if self._stream_loaders is not None:
+            where = position(self.trainer.current_epoch, done, self.trainer.num_training_batches)
+            return {"train_position": {**where, "loader": self._stream_loaders.state_at(where["batch"])}}
         return {"train_position": self._train_sampler.position(done, self.trainer.num_training_batches)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -94,6 +101,13 @@ class VICRegDataModule(pl.LightningDataModule):
         first asks for the loader, which may happen before the loops' own state is restored), so the
         loader's first iterator, whenever it is made, starts at the saved position."""
         self._resume_position = state.get("train_position")
+        # Mid-epoch, a position of one order cannot continue the other (an epoch's start can).
+        saved_stream = "loader" in (self._resume_position or {})
+        if self._resume_position and self._resume_position["batch"] and saved_stream != self.stream:
+            raise ConfigError(
+                f"ckpt_path: saved mid-epoch with data.access={'stream' if saved_stream else 'indexed'}; resume with "
+                "that data.access (the two read the samples in different orders)"
+            )
         # Lightning cannot see that the position is restored here and warns about it.
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
@@ -172,14 +186,31 @@ class VICRegDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> Any:
         assert self.train_set is not None, "call setup() first"
+        if self.stream:
+            return self._stream_dataloader()
         self._train_sampler = EpochSampler(self.train_set, self.world_size, self.rank, self.seed,
                                            self.per_device_batch_size)
         if self._resume_position is not None:
             self._train_sampler.start_at(self._resume_position)
             self._resume_position = None
         return self._loader(self.train_set, self._train_sampler, train=True)
+
+    def _stream_dataloader(self) -> Any:
+        from vicreg_lightning.data.shards import StreamLoaders, StreamViews
+
+        workers = self.data_cfg.num_workers if self.data_cfg.num_workers >= 0 else default_num_workers()
+        dataset = StreamViews(self.data_cfg, self.train_set.transform, self.seed)  # type: ignore[union-attr]
+        # A fresh loader each epoch (StreamLoaders): persistent workers would outlive their loader.
+        args = {"batch_size": self.per_device_batch_size, "num_workers": workers, "worker_init_fn": ignore_stop_signals,
+                "pin_memory": self.data_cfg.pin_memory and torch.cuda.is_available(),
+                "prefetch_factor": self.data_cfg.prefetch_factor if workers > 0 else None}
+        # LitData gives each worker its own part of the stream; Lightning cannot see that and warns.
+        warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+        self._stream_loaders = StreamLoaders(dataset, lambda: self.trainer.current_epoch, args, self._resume_position)
+        self._resume_position = None
+        return self._stream_loaders
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup() first"

@@ -9,6 +9,7 @@ label -1, which the online probe ignores.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -77,14 +78,21 @@ class KeyedSamples(Dataset):
 
 
 def read_rgb(path: str) -> Tensor:
-    """Decode an image file to a uint8 RGB ``(3, H, W)`` tensor over ``(H, W, 3)`` memory.
+    """Decode an image file to a uint8 RGB ``(3, H, W)`` tensor (:func:`decode_rgb`)."""
+    with open(path, "rb") as f:
+        return decode_rgb(f.read())
+
+
+def decode_rgb(encoded: bytes | memoryview) -> Tensor:
+    """Decode an encoded image (a file's bytes) to a uint8 RGB ``(3, H, W)`` tensor over
+    ``(H, W, 3)`` memory: the one decoder of image folders and shards.
 
     OpenCV first (libjpeg-turbo; about 1.5x Pillow's JPEG decode with the conversion to RGB),
     ignoring EXIF orientation as Pillow and torchvision do; Pillow for what OpenCV cannot read
     (GIF, palette images with odd modes)."""
-    array = cv2.imread(path, cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+    array = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
     if array is None:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(encoded)) as image:
             array = np.array(image.convert("RGB"))
     return torch.from_numpy(array).permute(2, 0, 1)
 
@@ -219,6 +227,14 @@ def folder_with_split(data: Any) -> tuple[Dataset, Dataset, int]:
         np.arange(len(train)), test_size=data.val_fraction, random_state=data.split_seed, stratify=train.targets
     )
     return Subset(train, train_idx.tolist()), Subset(train, val_idx.tolist()), len(train.classes)
+
+
+def shards(data: Any) -> tuple[Dataset, Dataset, int]:
+    """vicreg-shard's output (``data.input_dir``), each split map-style
+    (:class:`~vicreg_lightning.data.shards.ShardImages`); needs the ``[shards]`` extra."""
+    from vicreg_lightning.data.shards import shard_sets
+
+    return shard_sets(data)
 
 
 def build_datasets(data: Any) -> tuple[Dataset, Dataset, int]:

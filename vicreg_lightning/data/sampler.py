@@ -13,6 +13,14 @@ from collections.abc import Iterator
 from torch.utils.data import Dataset, DistributedSampler
 
 
+def position(epoch: int, batches_done: int, batches_per_epoch: int | float) -> dict[str, int]:
+    """Where the next batch comes from, ``batches_done`` batches into ``epoch`` of
+    ``batches_per_epoch``: ``{"epoch": e, "batch": k}``."""
+    if batches_done >= batches_per_epoch:
+        return {"epoch": epoch + 1, "batch": 0}
+    return {"epoch": epoch, "batch": batches_done}
+
+
 class EpochSampler(DistributedSampler):
     """``DistributedSampler`` (shuffled by ``seed`` and the epoch; each rank takes every
     ``world_size``-th index, so that each step's global batch is the same set of samples whatever
@@ -36,9 +44,7 @@ class EpochSampler(DistributedSampler):
     def position(self, batches_done: int, batches_per_epoch: int | float) -> dict[str, int]:
         """Where the next batch comes from, ``batches_done`` batches into this epoch of
         ``batches_per_epoch``: ``{"epoch": e, "batch": k}``."""
-        if batches_done >= batches_per_epoch:
-            return {"epoch": self.epoch + 1, "batch": 0}
-        return {"epoch": self.epoch, "batch": batches_done}
+        return position(self.epoch, batches_done, batches_per_epoch)
 
     def start_at(self, position: dict[str, int]) -> None:
         """The next iteration (only) starts at ``position``'s batch of ``position``'s epoch."""
