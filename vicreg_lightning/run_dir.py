@@ -27,6 +27,8 @@ from vicreg_lightning.errors import ConfigError, UserError
 
 METRICS_FILE = "metrics.json"
 FAILURE_FILE = "failure.json"
+# Written by a run that the search stopped early (vicreg_lightning/hparams_search/pruning.py).
+PRUNED_FILE = "pruned.json"
 CONFIG_DIR = ".hydra"
 CHECKPOINT_DIR = "checkpoints"
 # Lightning's SLURM auto-requeue writes these into the run directory on the requeue signal.
