@@ -23,7 +23,7 @@ from vicreg_lightning.hparams_search.pruning import check_metric
 from vicreg_lightning.hparams_search.space import SearchSpace, parse_space
 from vicreg_lightning.hparams_search.study import (
     StudySettings,
-    counted,
+    retried_numbers,
     heartbeats,
     make_pruner,
     next_trials,
@@ -72,8 +72,10 @@ class Search:
         sampler = OmegaConf.to_container(sweeper.sampler)
         sampler["seed"] = sampler_seed(sampler.get("seed") or 0, worker, len(so_far))
         self.study.sampler = instantiate(sampler)
-        log.info("study %r in %s: %d trials so far, %d to go", self.settings.study_name, self.settings.storage,
-                 len(so_far), max(0, self.settings.n_trials - counted(so_far)))
+        finished = sum(t.state.is_finished() for t in so_far) - len(retried_numbers(so_far))
+        log.info("study %r in %s: %d trials so far (%d finished, %d running or waiting), n_trials=%d",
+                 self.settings.study_name, self.settings.storage, len(so_far), finished,
+                 len(so_far) - finished - len(retried_numbers(so_far)), self.settings.n_trials)
 
     def run(self, launch: Launch) -> None:
         """Run trials until the study is done."""

@@ -32,9 +32,12 @@ from vicreg_lightning.run_dir import FAILURE_FILE, PRUNED_FILE
 PRUNERS = ("none", "median", "patient", "successive_halving")
 SPACE_ATTR = "search_space"
 LOCK_FILE = ".search.lock"
-# Heartbeats and their retries are "experimental" since Optuna 2.9, and unchanged since; the warning
+# Heartbeats and their retries are "experimental" since Optuna 2.9, and unchanged since; and Optuna
+# warns that they are meant for Study.optimize, which sends them itself (here: heartbeats()). Each
 # would be repeated at every trial.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module=__name__)
+warnings.filterwarnings("ignore", message=r".*(heartbeat|RetryHeartbeatStaleTrialCallback|fail_stale_trials)",
+                        category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 @dataclass(frozen=True)

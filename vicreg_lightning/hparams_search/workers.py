@@ -54,6 +54,10 @@ def _worker(index: int, workers: int, work: Callable[[int], None]) -> None:
 def run_workers(workers: int, work: Callable[[int], None]) -> list[int]:
     """``work(index)`` in ``workers`` forked processes; their exit codes (negative: killed by
     that signal), once all have ended."""
+    # Imported once here, before forking: otherwise every worker would import the training stack
+    # (Lightning, torchvision, the data sets) again at its first trial, all at the same time.
+    import vicreg_lightning.train  # noqa: F401
+
     context = multiprocessing.get_context("fork")
     procs = [context.Process(target=_worker, args=(index, workers, work), name=f"search-worker-{index}")
              for index in range(workers)]
@@ -83,3 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         workers = devices if kind == "GPUs" else 1
     sys.argv = [sys.argv[0], "-m", "hparams_search=vicreg_optuna", f"hydra.sweeper.workers={workers}", *overrides]
     train()
+
+
+if __name__ == "__main__":
+    main()
