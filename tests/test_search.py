@@ -4,6 +4,7 @@ checks in-process; parallel workers, label-free pruning and a killed worker on r
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -164,9 +165,27 @@ def smoke_searches(tmp_path_factory) -> dict[int, tuple[Path, float]]:
     return searches
 
 
+def _burn(n: int) -> None:
+    while n:
+        n -= 1
+
+
+def _two_processes_to_one(work: int = 10_000_000) -> float:
+    """Wall time of a CPU-bound job split over 2 processes, over the same job in 1: about 0.5 with
+    2 idle cores, about 1 when other processes take the cores."""
+    times = []
+    for parts in (1, 2):
+        start = time.monotonic()
+        procs = [multiprocessing.get_context("fork").Process(target=_burn, args=(work // parts,)) for _ in range(parts)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+        times.append(time.monotonic() - start)
+    return times[1] / times[0]
+
+
 def test_two_workers_run_a_search_faster_than_one_and_every_trial_has_its_run_directory(smoke_searches):
-    (_, one), (_, two) = smoke_searches[1], smoke_searches[2]
-    assert two < one, f"2 workers {two:.1f} s, 1 worker {one:.1f} s"
     for sweep, _ in smoke_searches.values():
         trials = _trials(sweep)
         assert len(trials) == 6 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
@@ -182,6 +201,12 @@ def test_two_workers_run_a_search_faster_than_one_and_every_trial_has_its_run_di
     sweep = smoke_searches[1][0]
     recorded = json.loads((sweep / "0" / "metrics.json").read_text())
     assert set(recorded) <= logged_metrics(OmegaConf.load(sweep / "0" / ".hydra" / "config.yaml"))
+    (_, one), (_, two) = smoke_searches[1], smoke_searches[2]
+    cores = _two_processes_to_one()
+    if cores > 0.8:  # the claim is for a second core to use; measured, not assumed
+        pytest.skip(f"no idle second core now (2 CPU-bound processes take {cores:.2f} x the time of 1); "
+                    f"2 workers {two:.1f} s, 1 worker {one:.1f} s")
+    assert two < one, f"2 workers {two:.1f} s, 1 worker {one:.1f} s"
 
 
 def test_a_collapsing_trial_is_pruned_after_the_warm_up_and_healthy_ones_complete(smoke_searches, tmp_path, capsys):
