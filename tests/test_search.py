@@ -270,3 +270,40 @@ def test_a_worker_killed_mid_trial_leaves_a_failed_trial_that_is_retried_and_the
     for trial in done:  # the other workers' trials ran to the end, in their own directories
         assert json.loads((sweep / str(trial.number) / "metrics.json").read_text())["step"] == 2
     assert not (sweep / str(victim.number) / "metrics.json").exists()
+
+
+def test_the_pruning_rule_waits_for_the_warm_up_needs_a_value_and_follows_the_studys_pruner(tmp_path):
+    import torch
+    from types import SimpleNamespace
+
+    from vicreg_lightning.hparams_search.pruning import SearchPruning
+
+    def epoch_end(callback: SearchPruning, epoch: int, **metrics: float) -> bool:
+        trainer = SimpleNamespace(current_epoch=epoch - 1, should_stop=False, is_global_zero=True,
+                                  callback_metrics={k.replace("__", "/"): torch.tensor(v) for k, v in metrics.items()})
+        callback.on_train_epoch_end(trainer, None)
+        return trainer.should_stop
+
+    rule = SearchPruning(str(tmp_path / "run"), "val/probe_acc1", "health/embed_rankme", 2.0, warmup_epochs=2)
+    assert not epoch_end(rule, 1, health__embed_rankme=1.0)  # collapsed, but in the warm-up
+    assert not epoch_end(rule, 3, health__embed_rankme=2.5)  # healthy
+    assert not epoch_end(rule, 3, val__probe_acc1=0.5)  # no health check this epoch: no verdict
+    assert not (tmp_path / "run" / "pruned.json").exists()
+    assert epoch_end(rule, 3, health__embed_rankme=float("nan"))  # non-finite embeddings
+    assert json.loads((tmp_path / "run" / "pruned.json").read_text())["reason"] == \
+        "health/embed_rankme=nan < 2 after epoch 3"
+
+    # The objective's pruner: a median pruner against one earlier trial (0.5 after epoch 1, 0.99
+    # after epoch 2; the median compares this trial's best so far).
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("median", 0))
+    study.pruner._n_startup_trials = 1  # noqa: SLF001 - one finished trial is enough here
+    earlier = study.ask()
+    for epoch, value in ((1, 0.5), (2, 0.99)):
+        earlier.report(value, epoch)
+    study.tell(earlier, 0.99)
+    objective = SearchPruning(str(tmp_path / "objective"), "val/probe_acc1", None, 0.0, warmup_epochs=0)
+    objective.trial = study.ask()
+    assert not epoch_end(objective, 1, val__probe_acc1=0.95)
+    assert epoch_end(objective, 2, val__probe_acc1=0.1)
+    assert study.trials[-1].intermediate_values == pytest.approx({1: 0.95, 2: 0.1})
+    assert "the study's pruner: val/probe_acc1=0.1 after epoch 2" in (tmp_path / "objective" / "pruned.json").read_text()

@@ -63,7 +63,9 @@ class OptunaSearchSweeper(Sweeper):
 
         self.launcher = BasicLauncher()
         self.launcher.setup(hydra_context=self.hydra_context, task_function=self.task_function, config=self.config)
-        Search(self.config.hydra.sweeper, self.config, arguments, worker=index).run(self._launch)
+        search = Search(self.config.hydra.sweeper, self.config, arguments, worker=index)
+        search.n_jobs = 1  # the in-process launcher runs a batch one job after the other
+        search.run(self._launch)
 
     def _launch(self, overrides: list[list[str]], first: int) -> list[tuple[float | None, bool]]:
         from vicreg_lightning.hparams_search.search import job_outcomes

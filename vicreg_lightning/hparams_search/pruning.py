@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +88,9 @@ class SearchPruning(pl.Callback):
             self.trial.report(values[self.objective], epoch)
             if self.trial.should_prune():
                 reason = f"the study's pruner: {self.objective}={values[self.objective]:.4g} after epoch {epoch}"
-        health = values.get(self.health_metric, math.nan) if self.health_metric else math.inf
-        if epoch > self.warmup_epochs and not health >= self.health_min:  # NaN: collapsed too
+        # Missing (no health check this epoch): no verdict. NaN (non-finite embeddings): collapsed too.
+        health = values.get(self.health_metric) if self.health_metric else None
+        if health is not None and epoch > self.warmup_epochs and not health >= self.health_min:
             reason = f"{self.health_metric}={health:.4g} < {self.health_min:g} after epoch {epoch}"
         if reason is None or trainer.should_stop:
             return
@@ -121,5 +121,6 @@ def _this_trial(warmup_epochs: int) -> Any:
     study = optuna.load_study(study_name=sweeper.study_name, storage=storage,
                               pruner=make_pruner(sweeper.pruner, warmup_epochs))
     # The job number is the trial number (the sweeper launches each trial as job <number>).
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, int(hydra_cfg.job.num))  # noqa: SLF001
+    study_id = storage.get_study_id_from_name(sweeper.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(hydra_cfg.job.num))
     return optuna.Trial(study, trial_id)
