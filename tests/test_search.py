@@ -307,3 +307,17 @@ def test_the_pruning_rule_waits_for_the_warm_up_needs_a_value_and_follows_the_st
     assert epoch_end(objective, 2, val__probe_acc1=0.1)
     assert study.trials[-1].intermediate_values == pytest.approx({1: 0.95, 2: 0.1})
     assert "the study's pruner: val/probe_acc1=0.1 after epoch 2" in (tmp_path / "objective" / "pruned.json").read_text()
+
+
+def test_the_summary_ranks_finished_jobs_in_the_searchs_direction_then_pruned_then_failed():
+    from vicreg_lightning.sweep_summary import Job, best, ranked
+
+    def jobs(maximize: bool) -> list[Job]:
+        return [Job("0", {}, "m", "finished", {"m": 0.2}, maximize=maximize),
+                Job("1", {}, "m", "pruned", {"m": 0.1}, pruned_epoch=2, maximize=maximize),
+                Job("2", {}, "m", "finished", {"m": 0.5}, maximize=maximize),
+                Job("3", {}, "m", "failed", error="diverged", maximize=maximize)]
+
+    assert [job.name for job in ranked(jobs(maximize=False))] == ["0", "2", "1", "3"]
+    assert [job.name for job in ranked(jobs(maximize=True))] == ["2", "0", "1", "3"]
+    assert best(jobs(maximize=False)).name == "0" and best(jobs(maximize=False)[1:2]) is None

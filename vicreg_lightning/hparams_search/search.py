@@ -17,19 +17,20 @@ from typing import Any
 import optuna
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
 
 from vicreg_lightning.errors import ConfigError
 from vicreg_lightning.hparams_search.pruning import check_metric
 from vicreg_lightning.hparams_search.space import SearchSpace, parse_space
 from vicreg_lightning.hparams_search.study import (
     StudySettings,
-    retried_numbers,
     heartbeats,
     make_pruner,
     next_trials,
     open_storage,
     open_study,
     record,
+    retried_numbers,
     sampler_seed,
     storage_url,
 )
@@ -72,10 +73,12 @@ class Search:
         sampler = OmegaConf.to_container(sweeper.sampler)
         sampler["seed"] = sampler_seed(sampler.get("seed") or 0, worker, len(so_far))
         self.study.sampler = instantiate(sampler)
-        finished = sum(t.state.is_finished() for t in so_far) - len(retried_numbers(so_far))
+        retried = retried_numbers(so_far)
+        finished = sum(t.state.is_finished() and t.number not in retried for t in so_far)
+        active = sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in so_far)
         log.info("study %r in %s: %d trials so far (%d finished, %d running or waiting), n_trials=%d",
-                 self.settings.study_name, self.settings.storage, len(so_far), finished,
-                 len(so_far) - finished - len(retried_numbers(so_far)), self.settings.n_trials)
+                 self.settings.study_name, self.settings.storage, len(so_far), finished, active,
+                 self.settings.n_trials)
 
     def run(self, launch: Launch) -> None:
         """Run trials until the study is done."""

@@ -73,14 +73,14 @@ def _check_sqlite_file(url: str) -> None:
         raise UserError(f"{shown}: cannot create {path} (its folder is missing or not writable); choose another file")
 
 
-def open_storage(settings: StudySettings, heartbeat: bool = True) -> RDBStorage:
-    """The study's database; with ``heartbeat``, trials of this process send heartbeats and
-    stale trials (of killed processes) are failed and retried."""
+def open_storage(settings: StudySettings) -> RDBStorage:
+    """The study's database, with heartbeats: trials of this process send them, and a trial whose
+    heartbeats stopped for ``grace_period`` (its process was killed) is failed and queued again."""
     url = settings.storage
     if url.startswith("sqlite:///"):
         _check_sqlite_file(url)
     beat = dict(heartbeat_interval=settings.heartbeat_interval, grace_period=settings.grace_period,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry)) if heartbeat else {}
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry))
     # Several workers write to one sqlite file: wait for its lock rather than fail at once.
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     try:
@@ -140,7 +140,8 @@ def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
 
 
 def counted(trials: list[FrozenTrial]) -> int:
-    """Trials that count towards ``n_trials``: run, running or failed, retried ones not twice."""
+    """Trials that count towards ``n_trials``: complete, pruned, failed or running; a killed trial
+    and its retry count once."""
     retried = retried_numbers(trials)
     return sum(t.state != TrialState.WAITING and t.number not in retried for t in trials)
 
