@@ -121,6 +121,8 @@ def test_bad_storage_study_pruner_metric_and_workers_are_refused_in_one_line(tmp
     devices, kind = available_devices()
     with pytest.raises(UserError, match=f"workers={devices + 1}: this machine has {devices} {kind}"):
         check_workers(devices + 1)
+    with pytest.raises(UserError, match="not through hydra/launcher=slurm; drop one of them"):
+        check_workers(2, "slurm")
 
 
 def test_an_optimized_metric_typo_ends_the_command_before_training_with_the_study_untouched(tmp_path):

@@ -36,7 +36,7 @@ class OptunaSearchSweeper(Sweeper):
 
         sweeper = self.config.hydra.sweeper
         if sweeper.workers != 1:
-            check_workers(sweeper.workers)
+            check_workers(sweeper.workers, self.config.hydra.runtime.choices.get("hydra/launcher"))
         search = Search(sweeper, self.config, arguments)  # every check, before any trial or worker starts
         if sweeper.workers == 1:
             self.launcher = Plugins.instance().instantiate_launcher(

@@ -30,8 +30,12 @@ def available_devices() -> tuple[int, str]:
     return cores, "CPU cores"
 
 
-def check_workers(workers: int) -> None:
-    """Refuse more workers than devices (or fewer than 1)."""
+def check_workers(workers: int, launcher: str | None = "basic") -> None:
+    """Refuse more workers than devices (or fewer than 1), or workers with another launcher than
+    Hydra's in-process one (they run their trials on this machine)."""
+    if launcher not in (None, "basic"):
+        raise ConfigError(f"hydra.sweeper.workers={workers} runs trials on this machine, not through "
+                          f"hydra/launcher={launcher}; drop one of them (with a launcher: hydra.sweeper.n_jobs)")
     devices, kind = available_devices()
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= devices:
         raise ConfigError(f"hydra.sweeper.workers={workers}: this machine has {devices} {kind}; "
