@@ -281,7 +281,8 @@ def test_the_pruning_rule_waits_for_the_warm_up_needs_a_value_and_follows_the_st
     from vicreg_lightning.hparams_search.pruning import SearchPruning
 
     def epoch_end(callback: SearchPruning, epoch: int, **metrics: float) -> bool:
-        trainer = SimpleNamespace(current_epoch=epoch - 1, should_stop=False, is_global_zero=True,
+        one_process = SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision)
+        trainer = SimpleNamespace(current_epoch=epoch - 1, should_stop=False, is_global_zero=True, strategy=one_process,
                                   callback_metrics={k.replace("__", "/"): torch.tensor(v) for k, v in metrics.items()})
         callback.on_train_epoch_end(trainer, None)
         return trainer.should_stop

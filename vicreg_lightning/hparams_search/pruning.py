@@ -92,12 +92,15 @@ class SearchPruning(pl.Callback):
         health = values.get(self.health_metric) if self.health_metric else None
         if health is not None and epoch > self.warmup_epochs and not health >= self.health_min:
             reason = f"{self.health_metric}={health:.4g} < {self.health_min:g} after epoch {epoch}"
-        if reason is None or trainer.should_stop:
+        # Under DDP only rank 0 asks the study: every rank stops with it (Lightning does not
+        # reduce should_stop itself; EarlyStopping does the same).
+        if not trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
             return
         trainer.should_stop = True
         if trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)
-            record = {"status": "pruned", "epoch": epoch, "reason": reason, "values": values}
+            record = {"status": "pruned", "epoch": epoch, "reason": reason or "pruned on another rank",
+                      "values": values}
             (self.dirpath / PRUNED_FILE).write_text(json.dumps(record, indent=2) + "\n")
             print(f"pruned: {reason}")
 
