@@ -132,6 +132,7 @@ def test_a_stored_optuna_search_killed_after_its_first_trial_continues_the_same_
     sweep, storage = tmp_path / "optuna", f"sqlite:///{tmp_path / 'study.db'}"
     command = [sys.executable, str(ROOT / "train.py"), "hparams_search=vicreg_optuna", "hydra.sweeper.n_trials=3",
                f"hydra.sweeper.storage={storage}", *TINY, "callbacks.representation_health=null",
+               "callbacks.search_pruning=null", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2",
                f"hydra.sweep.dir={sweep}"]
     search = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
@@ -144,10 +145,15 @@ def test_a_stored_optuna_search_killed_after_its_first_trial_continues_the_same_
 
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "continuing study 'vicreg': 2 trials so far (1 finished), 2 to go" in again.stdout
+    assert f"study 'vicreg' in {storage}: 2 trials so far (1 finished, 1 running or waiting), n_trials=3" in again.stdout
     trials = optuna.load_study(study_name="vicreg", storage=storage).trials
-    # Trial 1, cut short, is marked failed; the count goes on from 2 up to 3 finished trials in all.
+    # Trial 1, cut short, is failed once its heartbeat is stale and run again as trial 2 (same parameters);
+    # trial 3 completes the 3 trials.
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[2].system_attrs["failed_trial"] == 1 and trials[2].params == trials[1].params
+    # The resumed search samples afresh: no earlier parameters replayed (a sampler re-created with the
+    # first attempt's seed would draw trial 0's again).
+    assert len({tuple(sorted(t.params.items())) for t in (trials[0], trials[1], trials[3])}) == 3
     assert all((sweep / job / "metrics.json").exists() for job in ("0", "2", "3"))
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert result["best_value"] == max(t.value for t in trials if t.value is not None)

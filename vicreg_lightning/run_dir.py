@@ -35,6 +35,8 @@ from vicreg_lightning.errors import ConfigError, RunDirRefused, UserError
 
 METRICS_FILE = "metrics.json"
 FAILURE_FILE = "failure.json"
+# Written by a run that the search stopped early (vicreg_lightning/hparams_search/pruning.py).
+PRUNED_FILE = "pruned.json"
 CONFIG_DIR = ".hydra"
 LOCK_FILE = ".lock"
 CHECKPOINT_DIR = "checkpoints"

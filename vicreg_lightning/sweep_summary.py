@@ -1,9 +1,10 @@
 """Summarise a ``-m`` sweep: ``python -m vicreg_lightning.sweep_summary <multirun dir> [--out DIR]``.
 
 Writes ``summary.csv`` and ``summary.md`` (one row per job: its swept values, status, objective
-and main final metrics, best first; failed jobs with their reason) and one PNG per swept numeric
-key, ``objective_vs_<key>.png``. Reads only what the jobs left in their run directories
-(``.hydra/``, ``metrics.json``, ``failure.json``), so it works during a sweep, after one, and on
+and main final metrics, best first in the search's direction; failed jobs with their reason,
+pruned ones with the epoch and the reason they were stopped) and one PNG per swept numeric key,
+``objective_vs_<key>.png``. Reads only what the jobs left in their run directories (``.hydra/``,
+``metrics.json``, ``failure.json``, ``pruned.json``), so it works during a sweep, after one, and on
 the sweeps of any launcher.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vicreg_lightning.run_dir import FAILURE_FILE, METRICS_FILE
+from vicreg_lightning.run_dir import FAILURE_FILE, METRICS_FILE, PRUNED_FILE
 from vicreg_lightning.errors import UserError
 
 # Shown next to the objective when the jobs report them.
@@ -34,9 +35,12 @@ class Job:
     name: str
     overrides: dict[str, str]
     objective_name: str
-    status: str  # finished, failed, or incomplete (still running, or killed)
+    status: str  # finished, pruned (stopped early by the search), failed, or incomplete (running, or killed)
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    pruned_epoch: int | None = None
+    prune_reason: str = ""
+    maximize: bool = True  # the search's direction (hydra.sweeper.direction); a grid sweep maximises
 
     @property
     def objective(self) -> float:
@@ -47,8 +51,15 @@ def read_job(job_dir: Path) -> Job:
     overrides = OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")
     pairs = dict(item.split("=", 1) for item in overrides if "=" in item)
     config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
-    job = Job(job_dir.name, pairs, str(config.get("optimized_metric", "val/probe_acc1")), "incomplete")
-    if (job_dir / METRICS_FILE).exists():
+    hydra_file = job_dir / ".hydra" / "hydra.yaml"
+    sweeper = OmegaConf.load(hydra_file).hydra.get("sweeper", {}) if hydra_file.exists() else {}
+    job = Job(job_dir.name, pairs, str(config.get("optimized_metric", "val/probe_acc1")), "incomplete",
+              maximize=sweeper.get("direction", "maximize") != "minimize")
+    if (job_dir / PRUNED_FILE).exists():
+        pruned = json.loads((job_dir / PRUNED_FILE).read_text())
+        job.status, job.metrics = "pruned", pruned["values"]
+        job.pruned_epoch, job.prune_reason = pruned["epoch"], pruned["reason"]
+    elif (job_dir / METRICS_FILE).exists():
         job.status, job.metrics = "finished", json.loads((job_dir / METRICS_FILE).read_text())
     elif (job_dir / FAILURE_FILE).exists():
         job.status, job.error = "failed", json.loads((job_dir / FAILURE_FILE).read_text())["error"]
@@ -70,10 +81,24 @@ def swept_keys(jobs: list[Job]) -> list[str]:
     return [key for key in keys if len({job.overrides.get(key) for job in jobs}) > 1]
 
 
+STATUS_ORDER = ("finished", "pruned", "incomplete", "failed")
+
+
 def ranked(jobs: list[Job]) -> list[Job]:
-    """Best objective first (all objectives here are to be maximised); jobs without one last."""
-    return sorted(jobs, key=lambda job: (math.isnan(job.objective), -job.objective if not math.isnan(job.objective)
-                                         else 0.0))
+    """Finished jobs first, best objective first in the search's direction; then pruned ones
+    (ranked the same way), then the rest."""
+    def key(job: Job) -> tuple[int, bool, float]:
+        value = job.objective
+        return (STATUS_ORDER.index(job.status), math.isnan(value),
+                0.0 if math.isnan(value) else (-value if job.maximize else value))
+
+    return sorted(jobs, key=key)
+
+
+def best(jobs: list[Job]) -> Job | None:
+    """The best finished job, None when none has finished."""
+    top = ranked(jobs)[0]
+    return top if top.status == "finished" and not math.isnan(top.objective) else None
 
 
 def _number(text: str | None) -> float | None:
@@ -87,11 +112,14 @@ def table(jobs: list[Job]) -> tuple[list[str], list[list[Any]]]:
     keys = swept_keys(jobs)
     objective = jobs[0].objective_name
     reported = [m for m in REPORTED_METRICS if m != objective and any(m in job.metrics for job in jobs)]
-    header = ["rank", "job", "status", *keys, objective, *reported, "error"]
+    pruned = any(job.status == "pruned" for job in jobs)
+    header = ["rank", "job", "status", *keys, objective, *reported, "error",
+              *(("pruned_epoch", "prune_reason") if pruned else ())]
     rows = []
     for rank, job in enumerate(ranked(jobs), start=1):
         values = [job.metrics.get(m, math.nan) for m in (objective, *reported)]
-        rows.append([rank, job.name, job.status, *(job.overrides.get(k, "") for k in keys), *values, job.error])
+        rows.append([rank, job.name, job.status, *(job.overrides.get(k, "") for k in keys), *values, job.error,
+                     *((job.pruned_epoch if job.pruned_epoch is not None else "", job.prune_reason) if pruned else ())])
     return header, rows
 
 
@@ -110,9 +138,14 @@ def write_summary(jobs: list[Job], out_dir: Path) -> list[Path]:
         csv.writer(f).writerows([header, *rows])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    finished = sum(job.status == "finished" for job in jobs)
-    md_path.write_text(f"# Sweep summary\n\n{finished} of {len(jobs)} jobs finished; ranked by "
-                       f"`{jobs[0].objective_name}` (best first).\n\n" + "\n".join(lines) + "\n")
+    counts = ", ".join(f"{sum(job.status == status for job in jobs)} {status}" for status in STATUS_ORDER)
+    top = best(jobs)
+    best_line = (f"Best: job {top.name}, `{top.objective_name}` = {top.objective:.4g} "
+                 f"({' '.join(f'{k}={top.overrides[k]}' for k in swept_keys(jobs) if k in top.overrides)})"
+                 if top else "Best: none finished yet")
+    direction = "highest" if jobs[0].maximize else "lowest"
+    md_path.write_text(f"# Sweep summary\n\n{len(jobs)} jobs: {counts}; ranked by `{jobs[0].objective_name}` "
+                       f"({direction} first).\n\n{best_line}\n\n" + "\n".join(lines) + "\n")
     return [csv_path, md_path, *plot_objective(jobs, out_dir)]
 
 
