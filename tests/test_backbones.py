@@ -181,6 +181,20 @@ def test_init_weights_load_timms_weights_without_its_classifier(tmp_path):
     load_init_weights(build_resnet("resnet18"), str(tmp_path / "resnet18.pt"), "resnet18")
 
 
+def test_init_weights_take_a_training_checkpoints_backbone(tmp_path):
+    # What a user passes most: <run dir>/checkpoints/last.ckpt, a Lightning checkpoint.
+    trained = build_resnet("resnet18")
+    with torch.no_grad():
+        for t in trained.state_dict().values():
+            t.add_(1) if t.is_floating_point() else None
+    head = {"expander.0.weight": torch.zeros(4, 512), "probe.weight": torch.zeros(10, 512)}
+    torch.save({"state_dict": {**{f"backbone.{k}": v for k, v in trained.state_dict().items()}, **head},
+                "epoch": 3}, tmp_path / "last.ckpt")
+    backbone = build_resnet("resnet18")
+    load_init_weights(backbone, str(tmp_path / "last.ckpt"), "resnet18")
+    assert all(torch.equal(t, trained.state_dict()[name]) for name, t in backbone.state_dict().items())
+
+
 def test_init_weights_of_another_architecture_are_refused_naming_a_difference(tmp_path):
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pt")
     with pytest.raises(ConfigError, match=r"^model.init_weights='.*resnet18.pt': not weights of "

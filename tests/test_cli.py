@@ -43,6 +43,8 @@ BAD_INPUT = [
     (["ckpt_path={corrupt}"], "not a readable PyTorch file (corrupt or truncated)"),
     (["optim.base_lr=1e30", "trainer.limit_train_batches=3", "trainer.log_every_n_steps=1",
       "trainer.enable_progress_bar=false"], "non-finite"),
+    (["--config-dir", "{tmp}/no_such_folder"], "config directory '{tmp}/no_such_folder' not found; give --config-dir"),
+    (["--config-dir", "{presets}", "model=broken"], "model/broken.yaml, line 2, column 11: not valid YAML (mapping values are not allowed here)"),
 ]
 
 
@@ -63,7 +65,11 @@ def test_bad_input_gets_one_clear_line(tmp_path, overrides, names):
     root = empty_image_folder(tmp_path / "empty")
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"half a checkpoint")
-    overrides = [o.format(empty=root, corrupt=corrupt) for o in overrides]
+    presets = tmp_path / "presets"
+    (presets / "model").mkdir(parents=True)
+    (presets / "model" / "broken.yaml").write_text("backbone: resnet18\n  expander: [\n")
+    overrides = [o.format(empty=root, corrupt=corrupt, tmp=tmp_path, presets=presets) for o in overrides]
+    names = names.format(tmp=tmp_path)
     run_dir = tmp_path / "run"
     proc, seconds = train(*overrides, f"hydra.run.dir={run_dir}")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -36,6 +36,12 @@ BAD_VALUES = [
     (["loss.sim_coeff=inf"], "loss.sim_coeff=inf: expected a finite coefficient >= 0"),
     (["loss.cov_coeff=1e400"], "loss.cov_coeff=inf"),
     (["optim.base_lr=nan"], "optim.base_lr=nan: expected a finite learning rate > 0"),
+    # Every augmentation value a real number can break: infinite jitter, NaN mean, infinite or zero std.
+    (["augment.brightness=inf"], "augment.brightness=inf: expected a finite jitter strength >= 0"),
+    (["augment.saturation=nan"], "augment.saturation=nan: expected a finite jitter strength >= 0"),
+    (["augment.mean=[0.5,nan,0.5]"], "augment.mean=[0.5, nan, 0.5]: expected 3 finite per-channel values"),
+    (["augment.std=[0.2,inf,0.2]"], "augment.std=[0.2, inf, 0.2]: expected 3 finite positive per-channel values"),
+    (["augment.std=[0.2,0,0.2]"], "augment.std=[0.2, 0.0, 0.2]: expected 3 finite positive"),
 ]
 
 

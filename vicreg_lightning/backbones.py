@@ -207,9 +207,13 @@ def measure_feature_dim(module: nn.Module, spec: Any, image_size: int) -> int:
     return int(out.shape[1])
 
 
+# Where a training checkpoint's state dict keeps the backbone (VICRegModule.backbone).
+TRAINED_BACKBONE = "backbone."
+
+
 def load_init_weights(module: nn.Module, path: str, arch: str) -> None:
-    """``model.init_weights``: a local state dict (torchvision's or timm's, or an export's
-    ``backbone.pt``) loaded with ``strict=True``. Classifier weights that the backbone no longer
+    """``model.init_weights``: a local state dict (torchvision's or timm's, an export's
+    ``backbone.pt``, or a training checkpoint's backbone) loaded with ``strict=True``. Classifier weights that the backbone no longer
     has (``fc.*``, timm's ``head.*``) are dropped; any other difference is an error naming it."""
     shown = f"model.init_weights={path!r}"
     if not Path(path).is_file():
@@ -220,6 +224,9 @@ def load_init_weights(module: nn.Module, path: str, arch: str) -> None:
     if not isinstance(state, Mapping):
         raise ConfigError(f"{shown}: a {type(state).__name__}, not a state dict")
     expected = module.state_dict()
+    if not expected.keys() & state.keys() and any(k.startswith(TRAINED_BACKBONE) for k in state):
+        # A training checkpoint (<run dir>/checkpoints/*.ckpt): its backbone's weights.
+        state = {k[len(TRAINED_BACKBONE):]: v for k, v in state.items() if k.startswith(TRAINED_BACKBONE)}
     classifier = _classifier_prefixes(module)
     state = {k: v for k, v in state.items() if k in expected or not k.startswith(classifier)}
     problems = weight_mismatches(expected, state)

@@ -22,8 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
-from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException, SearchPathException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+from yaml import MarkedYAMLError
 
 from vicreg_lightning.errors import JobFailed, RunDirRefused, UserError
 from vicreg_lightning.run_dir import FAILURE_FILE, is_finished, is_first_process, save_job_config
@@ -33,6 +34,13 @@ def describe_error(error: BaseException) -> str | None:
     """One line for an error that is the user's to fix; None for anything else (a bug)."""
     if isinstance(error, UserError):
         return str(error)
+    if isinstance(error, SearchPathException):  # --config-dir of a folder that is not there
+        return f"{str(error).splitlines()[0]}; give --config-dir the folder that holds your presets"
+    invalid_yaml = next((e for e in (error, error.__cause__, error.__context__) if isinstance(e, MarkedYAMLError)), None)
+    if invalid_yaml is not None and invalid_yaml.problem_mark is not None:  # a preset of one's own
+        mark = invalid_yaml.problem_mark
+        return (f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML ({invalid_yaml.problem}); "
+                "fix the file")
     if isinstance(error, MissingConfigException):
         missing = error.missing_cfg_file or ""
         if "/" in missing and error.options:

@@ -295,10 +295,8 @@ def _check_positive(key: str, value: float, what: str, allow_zero: bool = False)
 
 def _check_data(data: DictConfig) -> None:
     require_value(data.name in DATASETS, "data.name", data.name, f"one of {', '.join(DATASETS)}")
-    require_value(
-        data.batch_size >= 2, "data.batch_size", data.batch_size,
-        "an integer >= 2 (VICReg's variance and covariance need at least 2 samples per batch)",
-    )
+    require_value(data.batch_size >= 2, "data.batch_size", data.batch_size,
+                  "an integer >= 2 (VICReg's variance and covariance need at least 2 samples per batch)")
     require_value(data.micro_batch_size is None or data.micro_batch_size >= 1, "data.micro_batch_size",
                   data.micro_batch_size, "null (one pass) or a divisor >= 1 of the per-device batch")
     require_value(data.num_workers >= -1, "data.num_workers", data.num_workers, "-1 (auto) or an integer >= 0")
@@ -315,20 +313,20 @@ def _check_augment(augment: DictConfig) -> None:
     _check_interval("augment.crop_scale", augment.crop_scale, 1e-6, 1.0)
     _check_interval("augment.crop_ratio", augment.crop_ratio, 1e-6, float("inf"))
     _check_interval("augment.blur_sigma", augment.blur_sigma, 1e-6, float("inf"))
-    require_value(
-        augment.blur_kernel_size >= 1 and augment.blur_kernel_size % 2 == 1,
-        "augment.blur_kernel_size", augment.blur_kernel_size, "an odd integer >= 1",
-    )
+    require_value(augment.blur_kernel_size >= 1 and augment.blur_kernel_size % 2 == 1,
+                  "augment.blur_kernel_size", augment.blur_kernel_size, "an odd integer >= 1")
     for key in ("hflip_prob", "jitter_prob", "grayscale_prob", "view_a.blur_prob", "view_a.solarize_prob",
                 "view_b.blur_prob", "view_b.solarize_prob"):
         _check_probability(f"augment.{key}", OmegaConf.select(augment, key))
     for key in ("brightness", "contrast", "saturation"):
-        require_value(augment[key] >= 0, f"augment.{key}", augment[key], "a jitter strength >= 0")
+        _check_positive(f"augment.{key}", augment[key], "jitter strength", allow_zero=True)
     require_value(0.0 <= augment.hue <= 0.5, "augment.hue", augment.hue, "a hue jitter in [0, 0.5]")
     require_value(0 <= augment.solarize_threshold <= 256, "augment.solarize_threshold", augment.solarize_threshold,
                   "an integer in [0, 256]")
-    require_value(len(augment.mean) == 3 and len(augment.std) == 3 and all(s > 0 for s in augment.std),
-                  "augment.std", list(augment.std), "3 positive per-channel values (with 3 in augment.mean)")
+    require_value(len(augment.mean) == 3 and all(math.isfinite(m) for m in augment.mean), "augment.mean",
+                  list(augment.mean), "3 finite per-channel values")
+    require_value(len(augment.std) == 3 and all(math.isfinite(s) and s > 0 for s in augment.std),
+                  "augment.std", list(augment.std), "3 finite positive per-channel values")
     require_value(augment.device_source_size is None or augment.device_source_size >= augment.size,
                   "augment.device_source_size", augment.device_source_size,
                   f"null or an integer >= augment.size ({augment.size})")

@@ -117,12 +117,14 @@ def held(output_dir: Path) -> Iterator[None]:
     """Hold ``output_dir`` for this job (created if need be) while the block runs: a second job
     started into it meanwhile is refused, naming the process that holds it. Other ranks of the job
     (DDP, SLURM tasks) run under rank 0's hold. A directory that cannot be written is refused.
-    The lock file is removed on release, so a finished run's directory is left as it was."""
+    The lock file is removed on release, so a finished run's directory is left as it was, and a
+    directory made here that the job left empty (it was refused) is removed."""
     if not is_first_process():
         yield
         return
     shown = f"hydra.run.dir={str(output_dir)!r}"
     lock = output_dir / LOCK_FILE
+    created = not output_dir.exists()
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -146,6 +148,8 @@ def held(output_dir: Path) -> Iterator[None]:
     finally:
         lock.unlink(missing_ok=True)
         os.close(fd)  # releases the lock
+        if created and not any(output_dir.iterdir()):  # a job refused before it wrote anything
+            output_dir.rmdir()
 
 
 def recorded_task(output_dir: Path) -> str | None:
