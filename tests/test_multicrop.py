@@ -114,6 +114,20 @@ def test_the_data_module_makes_local_crops_after_the_two_views(on_device):
         assert all(torch.equal(a, b) for a, b in zip(views, again, strict=True))
 
 
+def test_local_crops_whose_views_cannot_fit_in_memory_are_refused_before_any_is_made(monkeypatch):
+    from vicreg_lightning.errors import ConfigError
+
+    monkeypatch.setattr("vicreg_lightning.data.datamodule.available_memory", lambda: 24 * 2**30)  # this machine's
+    data, aug = configs("digits", batch_size=128, size=32)
+    aug.num_local_crops, aug.local_size = 100_000, 16
+    with pytest.raises(ConfigError, match=r"augment.num_local_crops=100000: one batch of views needs 36.6 GiB "
+                                          r"\(data.batch_size=128 x \(2 x 32\^2 \+ 100000 x 16\^2\) pixels in "
+                                          r"float32\), more than this machine has \(24.0 GiB available\)"):
+        VICRegDataModule(data, aug, seed=0)
+    aug.num_local_crops = 6  # a multi-crop recipe's count fits
+    VICRegDataModule(data, aug, seed=0)
+
+
 # ---------------------------------------------------------------------------------------------- training
 
 

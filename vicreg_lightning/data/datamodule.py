@@ -12,11 +12,12 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from vicreg_lightning.data.catalog import MAX_DEFAULT_WORKERS
 from vicreg_lightning.data.augment import Normalize, SameSize, Views, device_views, eval_transform
+from vicreg_lightning.data.catalog import MAX_DEFAULT_WORKERS
 from vicreg_lightning.data.datasets import KeyedSamples, TensorImages, Transformed, build_datasets
 from vicreg_lightning.data.sampler import EpochSampler, position
 from vicreg_lightning.errors import ConfigError, DataError
+from vicreg_lightning.models import available_memory
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -53,6 +54,21 @@ def default_num_workers() -> int:
     return min(MAX_DEFAULT_WORKERS, cpus)
 
 
+def check_views_fit(data: Any, augment: Any) -> None:
+    """Refuse, before any view is made, a batch whose views alone (float32, both views and every
+    local crop of ``data.batch_size`` samples) need more memory than this machine has: the run would
+    grow until the system stops it."""
+    pixels = 2 * augment.size**2 + augment.num_local_crops * augment.local_size**2
+    needed, available = data.batch_size * pixels * 3 * 4, available_memory()
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"augment.num_local_crops={augment.num_local_crops}: one batch of views needs {needed / 2**30:,.1f} GiB "
+            f"(data.batch_size={data.batch_size} x (2 x {augment.size}^2 + {augment.num_local_crops} x "
+            f"{augment.local_size}^2) pixels in float32), more than this machine has ({available / 2**30:.1f} GiB "
+            "available); use fewer or smaller local crops, or a smaller batch"
+        )
+
+
 class VICRegDataModule(pl.LightningDataModule):
     """Yields ``((view_a, view_b, *local_crops), label)`` batches for training (``augment.num_local_crops``
     local crops, none by default) and ``(image, label)`` for validation. ``data.batch_size`` is the global batch: each of the trainer's ranks loads
@@ -73,6 +89,7 @@ class VICRegDataModule(pl.LightningDataModule):
 
     def __init__(self, data: Any, augment: Any, seed: int = 0) -> None:
         super().__init__()
+        check_views_fit(data, augment)
         self.data_cfg, self.augment_cfg, self.seed = data, augment, seed
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
