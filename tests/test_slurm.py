@@ -112,42 +112,36 @@ def test_a_launcher_sweep_on_the_cpu_partition_runs_every_job(tmp_path):
         assert status == "success" and job_return.return_value == pytest.approx(metrics["val/probe_acc1"])
 
 
-def test_the_sbatch_recipe_requeued_by_usr1_resumes_by_itself_like_two_local_processes(
+def test_the_sbatch_recipe_requeued_by_usr1_then_preempted_resumes_by_itself_like_two_local_processes(
         two_epoch_ddp_run, tmp_path):
-    marker = tmp_path / "paused"
-    job = sbatch(str(SLURM_CPU_RECIPE), *TWO_EPOCHS, *PAUSE_AT_STEP_2, f"+callbacks.pause.marker={marker}", cwd=tmp_path)
-    wait_until(lambda: marker.exists() or not job_state(job)[0], 180, "the job to reach step 2")
-    assert marker.exists(), (tmp_path / f"slurm-{job}.out").read_text()[-3000:]
-    subprocess.run(["scancel", "--signal=USR1", job], check=True)  # what --signal=USR1@300 sends
-    wait_until(lambda: not job_state(job)[0], 300, "the requeued job to finish")
-
-    log = (tmp_path / f"slurm-{job}.out").read_text()
-    run_dir = tmp_path / "outputs" / "train" / "slurm" / job
-    assert (run_dir / "metrics.json").exists(), log[-4000:]
-    # One run directory for both tasks and both attempts; the first attempt's log kept.
-    assert [p.name for p in (tmp_path / "outputs" / "train" / "slurm").iterdir()] == [job]
-    first, _, second = log.partition(f"requeued SLURM job {job}")
-    assert "saved" in first and "at step 2" in first and "SLURM_RESTART_COUNT=1" in second, log[-4000:]
-    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 8
-    # One checkpoint per stop (no hpc_ckpt_N.ckpt beside it), every epoch validated once.
-    assert not list(run_dir.glob("hpc_ckpt_*.ckpt"))
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best-epoch001.ckpt", "last.ckpt"]
-    assert validated_epochs(run_dir) == ["0", "1"]
-    assert_same_weights(two_epoch_ddp_run, run_dir)
-
-
-def test_a_preempted_job_is_requeued_and_resumes_by_itself(two_epoch_ddp_run, tmp_path):
-    marker = tmp_path / "paused"
-    job = sbatch(str(SLURM_CPU_RECIPE), *TWO_EPOCHS, *PAUSE_AT_STEP_2, f"+callbacks.pause.marker={marker}", cwd=tmp_path)
-    wait_until(lambda: marker.exists() or not job_state(job)[0], 180, "the job to reach step 2")
-    # A job of the higher-priority partition needs the CPUs that the run holds.
+    # Two tasks (devices=2, gloo): USR1 at step 2 (what --signal=USR1@300 sends), then, in the
+    # requeued attempt, a preemption at step 6 by a job of the higher-priority partition.
+    usr1, preempt = tmp_path / "usr1", tmp_path / "preempt"
+    job = sbatch(str(SLURM_CPU_RECIPE), *TWO_EPOCHS, *PAUSE_AT_STEP_2, f"+callbacks.pause.marker={usr1}",
+                 "+callbacks.pause2._target_=tests.helpers.PauseAtStep", "+callbacks.pause2.step=6",
+                 f"+callbacks.pause2.marker={preempt}", cwd=tmp_path)
+    log = tmp_path / f"slurm-{job}.out"
+    wait_until(lambda: usr1.exists() or not job_state(job)[0], 180, "the job to reach step 2")
+    assert usr1.exists(), log.read_text()[-3000:]
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    wait_until(lambda: preempt.exists() or not job_state(job)[0], 240, "the requeued job to reach step 6")
+    assert preempt.exists(), log.read_text()[-3000:]
     urgent = sbatch("--partition=urgent", f"--cpus-per-task={os.cpu_count()}", "--wrap=sleep 1", cwd=tmp_path)
     wait_until(lambda: not job_state(urgent)[0], 120, "the urgent job to run")
     wait_until(lambda: not job_state(job)[0], 300, "the preempted job to finish")
 
-    log = (tmp_path / f"slurm-{job}.out").read_text()
+    text = log.read_text()
     run_dir = tmp_path / "outputs" / "train" / "slurm" / job
-    assert "SLURM_RESTART_COUNT=1" in log and (run_dir / "metrics.json").exists(), log[-4000:]
+    assert (run_dir / "metrics.json").exists(), text[-4000:]
+    # One run directory for both tasks and all three attempts, each attempt's log kept.
+    assert [p.name for p in (tmp_path / "outputs" / "train" / "slurm").iterdir()] == [job]
+    first, _, rest = text.partition(f"requeued SLURM job {job}")
+    assert "saved" in first and "at step 2" in first, text[-4000:]
+    assert "SLURM_RESTART_COUNT=1" in rest and "SLURM_RESTART_COUNT=2" in rest, text[-4000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 8
+    # One checkpoint per stop (no hpc_ckpt_N.ckpt beside it), every epoch validated once.
+    assert not list(run_dir.glob("hpc_ckpt_*.ckpt"))
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best-epoch001.ckpt", "last.ckpt"]
     assert validated_epochs(run_dir) == ["0", "1"]
     assert_same_weights(two_epoch_ddp_run, run_dir)
 
