@@ -56,12 +56,14 @@ class CheckpointOnPreemption(pl.Callback):
         self._held_handler: Any = None
         self._held_signal = False
         self._global_zero = True
+        self._timer: Timer | None = None
         self.stopped_by_time = False  # by trainer.max_time, before the run's end: not finished
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or threading.current_thread() is not threading.main_thread():
             return
         self._global_zero = trainer.is_global_zero
+        self._timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)  # trainer.max_time
         self._interrupt_handler = signal.signal(signal.SIGINT, self._stop_on_interrupt)
         for signum in self.requeue_signals:
             waiting = signal.getsignal(signum)
@@ -72,10 +74,9 @@ class CheckpointOnPreemption(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         # trainer.max_time: Lightning's Timer stops after this step, and the epoch-end checkpoint
         # that follows counts the cut-short epoch as done; this step's is resumable.
-        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
-        if timer is None or self.stopped_by_time:
+        if self._timer is None or self.stopped_by_time:
             return
-        out_of_time = trainer.strategy.broadcast((timer.time_remaining() or 0.0) <= 0)
+        out_of_time = trainer.strategy.broadcast((self._timer.time_remaining() or 0.0) <= 0)
         if out_of_time and not (trainer.is_last_batch and trainer.current_epoch + 1 >= trainer.max_epochs):
             trainer.save_checkpoint(self._time_path)
             self.stopped_by_time = True
