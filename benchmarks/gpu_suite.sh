@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of the README's Performance section, in one run on one GPU (sized for 8 minutes on
+# Every GPU figure of docs/performance.md (Benchmarks), in one run on one GPU (sized for 8 minutes on
 # a recent data-centre GPU), written to one Markdown file named after the device:
 #
 #     benchmarks/gpu_suite.sh [results.md]

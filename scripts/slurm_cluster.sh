@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A real single-node SLURM cluster on this machine, for the tests marked `slurm` (tests/distributed/
-# test_slurm.py) and for trying the README's SLURM commands without a cluster:
+# test_slurm.py) and for trying the SLURM commands of docs/scaling-out.md without a cluster:
 #
 #   sudo bash scripts/slurm_cluster.sh          # install (Debian's slurm-wlm + munge) and start
 #   bash scripts/slurm_cluster.sh stop          # stop the daemons

@@ -132,7 +132,7 @@ ONE_DEVICE = ("trainer.accelerator=cpu", "trainer.devices=1")
 # DDP on 2 CPU processes (gloo), and the k-NN monitor (whose val/knn_acc1 tests compare with eval's).
 DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
 KNN_MONITOR = "+callbacks.knn_monitor._target_=vicreg_lightning.callbacks.knn_monitor.KNNMonitor"
-# The README's SLURM commands for CPU nodes, as tests/test_slurm.py runs them on its cluster.
+# The SLURM commands for CPU nodes of docs/scaling-out.md, as tests/test_slurm.py runs them on its cluster.
 SLURM_CPU_SWEEP = ("hydra/launcher=slurm", "hydra.launcher.partition=cpu", "trainer.accelerator=cpu", "loss.cov_coeff=1,2")
 SLURM_CPU_RECIPE = ROOT / "scripts" / "slurm" / "train_cpu.sbatch"
 

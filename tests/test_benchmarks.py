@@ -1,5 +1,5 @@
 """The benchmark scripts run and print their ratio tables (on tiny settings: a smoke test, not a
-timing; the figures in the README come from full runs)."""
+timing; the figures in docs/performance.md come from full runs)."""
 
 from __future__ import annotations
 

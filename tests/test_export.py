@@ -36,7 +36,7 @@ def assert_one_error_line(returncode: int, stderr: str, message: str) -> None:
 
 
 def torchvision_resnet(arch: str, small_stem: bool) -> nn.Module:
-    """What the README tells a user to write, without this package."""
+    """What docs/evaluate.md tells a user to write, without this package."""
     model = ResNet(BasicBlock, [1, 1, 1, 1]) if arch == "resnet10" else getattr(torchvision.models, arch)()
     model.fc = nn.Identity()
     if small_stem:

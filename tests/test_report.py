@@ -39,9 +39,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def tiny_report(tiny_digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The report of a 2-step checkpoint, written by the command lines a user types, with the
-    metadata groups of the README's worked example."""
+    metadata groups of the worked example (docs/report-results.md)."""
     out = tmp_path_factory.mktemp("tiny_report")
-    # Groups from metadata, made by the README's worked example (its command line, in this process).
+    # Groups from metadata, made by the worked example of docs/report-results.md (its command line, in this process).
     groups = out / "digits_ink.csv"
     with mock.patch.object(sys, "argv", ["digits_ink_groups.py", str(tiny_digits_run), str(groups)]):
         runpy.run_path(str(ROOT / "examples" / "digits_ink_groups.py"), run_name="__main__")

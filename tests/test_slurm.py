@@ -1,7 +1,7 @@
 """SLURM for real: jobs submitted to the single-node cluster that scripts/slurm_cluster.sh starts
 (slurmctld, slurmd, munged; partitions ``cpu`` and ``urgent``, whose jobs preempt ``cpu`` jobs).
 
-Each test runs what the README gives: the ``hydra/launcher=slurm`` sweep, and the sbatch recipe
+Each test runs what docs/scaling-out.md gives: the ``hydra/launcher=slurm`` sweep, and the sbatch recipe
 ``scripts/slurm/train_cpu.sbatch`` as written (overrides after the script's name). A requeued job
 waits 120 s before SLURM starts it again (its BeginTime): the tests move that to now.
 """

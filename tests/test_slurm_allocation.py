@@ -100,10 +100,11 @@ def test_a_requeued_job_resumes_from_its_own_checkpoints(monkeypatch):
     assert slurm.resume_checkpoint("/runs/a/last.ckpt", has_checkpoints=True) == "last"
 
 
-def test_the_readme_gives_the_slurm_commands_that_the_slurm_tests_run():
-    readme = (ROOT / "README.md").read_text()
-    assert f"```bash\n{SLURM_CPU_RECIPE.read_text()}```" in readme
-    assert f"python train.py -m {' '.join(SLURM_CPU_SWEEP)}\n" in readme
+def test_the_docs_give_the_slurm_commands_that_the_slurm_tests_run():
+    page = (ROOT / "docs" / "scaling-out.md").read_text()
+    # The sbatch recipe is shown from its file, as the tests submit it.
+    assert f"```{{literalinclude}} ../{SLURM_CPU_RECIPE.relative_to(ROOT)}\n:language: bash\n```" in page
+    assert f"python train.py -m {' '.join(SLURM_CPU_SWEEP)}\n" in page
     # The GPU recipe is the CPU one with a GPU node's numbers.
     cpu = SLURM_CPU_RECIPE.read_text().splitlines()
     gpu = (SLURM_CPU_RECIPE.parent / "train_gpu.sbatch").read_text().splitlines()

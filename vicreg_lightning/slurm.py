@@ -9,8 +9,8 @@ itself, and the job requeued after its one checkpoint.
 - :func:`resume_checkpoint`: a job that SLURM started again (``scontrol requeue``, a preemption,
   submitit's requeue at the time limit; ``SLURM_RESTART_COUNT`` > 0) resumes from its run
   directory's checkpoints, with or without ``ckpt_path=last`` on its command line.
-- :func:`requeue`: what the requeue signal ends with (``--signal=USR1@300`` of the README's sbatch
-  recipe; :class:`~vicreg_lightning.callbacks.preemption.CheckpointOnPreemption` saves first).
+- :func:`requeue`: what the requeue signal ends with (``--signal=USR1@300`` of the sbatch
+  recipe of docs/scaling-out.md; :class:`~vicreg_lightning.callbacks.preemption.CheckpointOnPreemption` saves first).
   Lightning's own SLURM auto-requeue is switched off (:func:`cluster_environment`): it would write
   an ``hpc_ckpt_N.ckpt`` per signal beside the ``last.ckpt`` of the stop that follows.
 

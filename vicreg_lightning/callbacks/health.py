@@ -1,5 +1,5 @@
 """RepresentationHealth: the label-free collapse watch of ``conf/callbacks`` (RankMe, per-dimension
-std, mean |correlation| of :mod:`vicreg_lightning.metrics.health` on fixed validation images)."""
+std, mean ``|correlation|`` of :mod:`vicreg_lightning.metrics.health` on fixed validation images)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The report itself: its sections (spectrum and health, linear probe and map, augmentation recipe
 and invariance, what is discarded, stability across groups; the threshold rules are
-:mod:`.thresholds`) and :func:`write_report`, which evaluates an encoder and writes the figures,
+:mod:`vicreg_lightning.report.thresholds`) and :func:`write_report`, which evaluates an encoder and writes the figures,
 ``report.md``, ``report.html`` and ``report.json``."""
 
 from __future__ import annotations
