@@ -39,10 +39,11 @@ autodoc_member_order = "bysource"
 # parents' docstrings are written for their own docs (their labels, roles and directives).
 autodoc_inherit_docstrings = False
 autodoc_typehints = "description"
-autodoc_default_options = {"members": True, "show-inheritance": False}
+autodoc_default_options = {"members": True}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 
 html_theme = "furo"
 html_title = "vicreg-lightning"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["tables.css"]

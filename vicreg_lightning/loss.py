@@ -1,7 +1,7 @@
 """The VICReg loss (Bardes, Ponce, LeCun, "VICReg: Variance-Invariance-Covariance Regularization
 for Self-Supervised Learning", ICLR 2022, arXiv:2105.04906).
 
-For two batches of embeddings ``Z, Z'`` of shape ``(N, D)``:
+For two batches of embeddings ``Z, Z'`` of shape ``(N, D)``::
 
     s(Z, Z') = 1/(N·D) Σ_i ‖z_i − z'_i‖²                       invariance (MSE)
     v(Z)     = 1/D Σ_j relu(1 − sqrt(Var(z^j) + eps))            variance hinge (unbiased Var)
