@@ -28,7 +28,16 @@ def pytest_configure(config):
 LONG_RUNS = ("default_run", "digits_vit_run")
 
 
+TIERS = ("unit", "integration", "distributed")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Each test carries its folder's tier as a marker: `-m "not distributed"` works across folders.
+    for item in items:
+        tier = next((part for part in item.path.parts if part in TIERS), None)
+        if tier is not None:
+            item.add_marker(tier)
+
     def order(item: pytest.Item) -> int:
         if any(name in getattr(item, "fixturenames", ()) for name in LONG_RUNS):
             return 0

@@ -6,13 +6,17 @@ test session (:func:`trained_run`; the fixtures are in conftest.py). Shared by t
 from __future__ import annotations
 
 import fcntl
+import io
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import traceback
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -33,6 +37,46 @@ def train(*overrides: str, env: dict[str, str] | None = None, timeout: float = 6
     """``python train.py <overrides>`` in a subprocess, with ``env`` added to the environment."""
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def train_here(*overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python train.py <overrides>`` run by this process: the entry point ``train.py`` calls, with
+    the same composition, checks, output and exit code, without the seconds a new interpreter pays
+    to import torch and Lightning. For runs that need no process of their own: no signals, no DDP
+    ranks, no ``-m`` launcher. The process's environment, logging, working directory and Hydra's
+    global state are as they were afterwards."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from vicreg_lightning import cli
+
+    argv = [str(ROOT / "train.py"), *overrides]
+    saved_env, saved_argv, saved_cwd = dict(os.environ), sys.argv, os.getcwd()
+    root_logger = logging.getLogger()
+    saved_handlers, saved_level = list(root_logger.handlers), root_logger.level
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+    os.environ.update(env or {})
+    sys.argv = argv
+    try:
+        with redirect_stdout(stdout), redirect_stderr(stderr):
+            cli.train()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    except Exception:  # noqa: BLE001 - a traceback, as the interpreter would print it
+        stderr.write(traceback.format_exc())
+        code = 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        for handler in set(root_logger.handlers) - set(saved_handlers):
+            handler.close()
+        root_logger.handlers[:] = saved_handlers
+        root_logger.setLevel(saved_level)
+        torch.use_deterministic_algorithms(deterministic)
+        GlobalHydra.instance().clear()
+    return subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -132,14 +176,15 @@ ONE_DEVICE = ("trainer.accelerator=cpu", "trainer.devices=1")
 # DDP on 2 CPU processes (gloo), and the k-NN monitor (whose val/knn_acc1 tests compare with eval's).
 DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
 KNN_MONITOR = "+callbacks.knn_monitor._target_=vicreg_lightning.callbacks.knn_monitor.KNNMonitor"
-# The SLURM commands for CPU nodes of docs/scaling-out.md, as tests/test_slurm.py runs them on its cluster.
+# The SLURM commands for CPU nodes of docs/scaling-out.md, as tests/distributed/test_slurm.py runs them on its cluster.
 SLURM_CPU_SWEEP = ("hydra/launcher=slurm", "hydra.launcher.partition=cpu", "trainer.accelerator=cpu", "loss.cov_coeff=1,2")
 SLURM_CPU_RECIPE = ROOT / "scripts" / "slurm" / "train_cpu.sbatch"
 
 
 def trained_run(tmp_path_factory: pytest.TempPathFactory, name: str, overrides: tuple[str, ...],
                 timeout: float = 900) -> Path:
-    """The run directory of ``python train.py <overrides>``, trained at most once per session.
+    """The run directory of ``python train.py <overrides>``, trained at most once per session (in
+    this process, :func:`train_here`, unless its DDP ranks need processes of their own).
 
     pytest makes a session fixture per xdist worker, so the runs are cached on disk: in the
     session's temporary directory that all workers share, behind a file lock, reused once their
@@ -155,10 +200,10 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, name: str, overrides: 
         if not (run_dir / "metrics.json").exists():
             shutil.rmtree(run_dir, ignore_errors=True)
             start = time.monotonic()
-            proc = subprocess.run(
-                [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={run_dir}"],
-                capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-            )
+            if DDP[0] in overrides:  # its ranks are processes of their own
+                proc = train(*overrides, f"hydra.run.dir={run_dir}", timeout=timeout)
+            else:
+                proc = train_here(*overrides, f"hydra.run.dir={run_dir}")
             assert proc.returncode == 0, f"train.py {' '.join(overrides)} failed:\n{proc.stderr[-3000:]}"
             (run_dir / "train_seconds.txt").write_text(f"{time.monotonic() - start:.1f}\n")
     return run_dir

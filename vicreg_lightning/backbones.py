@@ -37,7 +37,7 @@ TIMM_PREFIX = "timm:"
 POOLS = ("auto", "cls", "avg")
 _TIMM_POOL = {"cls": "token", "avg": "avg"}
 
-# The ResNet-family constructors of torchvision.models (tests/test_backbones.py checks this against
+# The ResNet-family constructors of torchvision.models (tests/unit/test_backbones.py checks this against
 # torchvision.models.list_models). Listed here so that the config check needs no torchvision
 # import, which takes seconds.
 TORCHVISION_RESNETS = (

@@ -293,7 +293,7 @@ def test_every_command_in_the_docs_parses(command: Command) -> None:
             return
         raise AssertionError(f"{command.page}:{command.line}: {command.text!r} fails: {message}") from error
     # A command shown failing either fails here with the shown message, or later, where the tests of
-    # its run check that message (weights that cannot be read: tests/test_eval.py).
+    # its run check that message (weights that cannot be read: tests/integration/test_eval.py).
 
 
 def test_the_allowed_commands_are_what_ci_runs() -> None:

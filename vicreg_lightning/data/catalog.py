@@ -4,7 +4,7 @@ builds it) and a quick look that it is there.
 A new data set is one entry of :data:`DATASETS` (and its builder in
 :mod:`vicreg_lightning.data.datasets`) plus one preset, ``conf/data/<name>.yaml``.
 No torchvision import here (it takes seconds): the command line checks the data before anything
-heavy loads. tests/test_data.py checks these facts against torchvision's classes.
+heavy loads. tests/unit/test_data.py checks these facts against torchvision's classes.
 """
 
 from __future__ import annotations

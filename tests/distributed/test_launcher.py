@@ -3,7 +3,7 @@
 The local launcher pickles each job, runs it in a separate process through submitit's local
 executor and waits for its result; here the SLURM launcher is followed up to the ``sbatch`` call,
 with stand-ins for ``sinfo``, ``srun`` and ``sbatch`` on PATH describing a GPU cluster (the real
-cluster's runs: tests/test_slurm.py).
+cluster's runs: tests/distributed/test_slurm.py).
 """
 
 from __future__ import annotations

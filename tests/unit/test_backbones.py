@@ -24,7 +24,7 @@ def model(**keys) -> dict:
 
 
 def small_cnn(width: int = 16) -> nn.Module:
-    """A user's own encoder (``model.backbone._target_=tests.test_backbones.small_cnn``)."""
+    """A user's own encoder (``model.backbone._target_=tests.unit.test_backbones.small_cnn``)."""
     return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
                          nn.Conv2d(width, width, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
@@ -123,9 +123,9 @@ def test_local_crops_build_a_vit_that_takes_both_sizes():
 
 
 def test_a_target_encoder_gets_its_arguments_and_its_width_is_measured():
-    spec = {"_target_": "tests.test_backbones.small_cnn", "width": 12}
+    spec = {"_target_": "tests.unit.test_backbones.small_cnn", "width": 12}
     built = build_backbone({"backbone": spec, "backbone_kwargs": {}, "pool": "auto"}, 16)
-    assert (built.arch, built.feature_dim) == ("tests.test_backbones.small_cnn", 12)
+    assert (built.arch, built.feature_dim) == ("tests.unit.test_backbones.small_cnn", 12)
     # backbone_kwargs are arguments too, over the entry's own.
     assert build_backbone({"backbone": spec, "backbone_kwargs": {"width": 5}, "pool": "auto"}, 16).feature_dim == 5
     assert built.module.training  # measuring the width leaves the module as it was
@@ -145,11 +145,11 @@ def test_a_target_encoder_gets_its_arguments_and_its_width_is_measured():
     ("resnet18", {"depth": 2}, "auto", r"^model.backbone=resnet18: a torchvision ResNet takes no model.backbone_kwargs"),
     ({"_target_": "tests.no_such_module.encoder"}, {}, "auto",
      r"^model.backbone._target_=tests.no_such_module.encoder: cannot build it \(Error locating target"),
-    ({"_target_": "tests.test_backbones.not_a_module"}, {}, "auto",
-     r"^model.backbone._target_=tests.test_backbones.not_a_module: returned a str, not a torch.nn.Module"),
-    ({"_target_": "tests.test_backbones.unpooled"}, {}, "auto",
-     r"^model.backbone=tests.test_backbones.unpooled: its output for 2 images is \(2, 4, 30, 30\), not \(N, F\)"),
-    ({"_target_": "tests.test_backbones.small_cnn"}, {}, "avg", r"^model.pool=avg: a _target_ backbone pools its own"),
+    ({"_target_": "tests.unit.test_backbones.not_a_module"}, {}, "auto",
+     r"^model.backbone._target_=tests.unit.test_backbones.not_a_module: returned a str, not a torch.nn.Module"),
+    ({"_target_": "tests.unit.test_backbones.unpooled"}, {}, "auto",
+     r"^model.backbone=tests.unit.test_backbones.unpooled: its output for 2 images is \(2, 4, 30, 30\), not \(N, F\)"),
+    ({"_target_": "tests.unit.test_backbones.small_cnn"}, {}, "avg", r"^model.pool=avg: a _target_ backbone pools its own"),
     ("vgg16", {}, "auto", r"^model.backbone='vgg16': expected a torchvision ResNet \(.*resnet18.*\), timm:<model name>"),
 ])
 def test_a_backbone_that_cannot_be_built_is_one_line_naming_it(backbone, kwargs, pool, message):

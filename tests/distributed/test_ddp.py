@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.runs import DDP, KNN_MONITOR, ONE_DEVICE, TINY, TINY_RUN, TINY_VIT, train, weights
+from tests.runs import DDP, KNN_MONITOR, ONE_DEVICE, TINY, TINY_RUN, TINY_VIT, train, train_here, weights
 
 
 def finished(proc: subprocess.CompletedProcess, run_dir: Path) -> dict[str, float]:
@@ -30,9 +30,9 @@ TOLERANCE = 1e-4
 
 def test_two_devices_train_like_one_on_the_same_global_batch(tiny_ddp_run, tmp_path):
     # Random augmentation on: each sample's views are the same on one device and on two
-    # (tests/test_sampler.py compares the views themselves).
+    # (tests/unit/test_sampler.py compares the views themselves).
     one, two, two_unsynced = tmp_path / "one", tiny_ddp_run, tmp_path / "two_unsynced"
-    metrics_one = finished(train(*TINY_RUN, *ONE_DEVICE, KNN_MONITOR, f"hydra.run.dir={one}"), one)
+    metrics_one = finished(train_here(*TINY_RUN, *ONE_DEVICE, KNN_MONITOR, f"hydra.run.dir={one}"), one)
     metrics_two = json.loads((two / "metrics.json").read_text())
 
     assert metrics_two["step"] == metrics_one["step"] == 2

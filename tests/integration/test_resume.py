@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.runs import ROOT, TINY, TWO_EPOCHS, compose_train, train, weights
+from tests.runs import ROOT, TINY, TWO_EPOCHS, compose_train, train, train_here, weights
 from vicreg_lightning.config import preset
 
 SIGNAL_AT_STEP_6 = ["+callbacks.kill._target_=tests.helpers.SignalAtStep", "+callbacks.kill.step=6",
@@ -58,7 +58,7 @@ def test_a_run_killed_after_its_first_checkpoint_and_resumed_ends_with_the_same_
     proc.wait()
     assert not (run_dir / "metrics.json").exists(), "the run finished before it could be killed"
 
-    resumed = train(*TWO_EPOCHS, "ckpt_path=last", f"hydra.run.dir={run_dir}")
+    resumed = train_here(*TWO_EPOCHS, "ckpt_path=last", f"hydra.run.dir={run_dir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == 8
     assert_same_weights(straight, run_dir)
@@ -75,7 +75,7 @@ def test_sigterm_to_the_process_group_mid_epoch_saves_and_the_resumed_run_ends_t
     first_attempt = csv_rows(run_dir)
     assert {int(row["step"]) for row in first_attempt if row["train/loss"]} == set(range(6))
 
-    resumed = train(*TWO_EPOCHS, "ckpt_path=last", f"hydra.run.dir={run_dir}")
+    resumed = train_here(*TWO_EPOCHS, "ckpt_path=last", f"hydra.run.dir={run_dir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["step"] == 8 and metrics["epoch"] == 2
@@ -96,7 +96,7 @@ def test_sigterm_during_validation_lets_it_finish_and_the_resumed_run_ends_the_s
     # Epoch 0 was validated whole: its metrics are logged and its best checkpoint is written.
     assert [row["epoch"] for row in csv_rows(run_dir) if row["val/probe_acc1"]] == ["0"]
     assert (run_dir / "checkpoints" / "best-epoch000.ckpt").exists()
-    resumed = train(*TWO_EPOCHS, "ckpt_path=last", f"hydra.run.dir={run_dir}")
+    resumed = train_here(*TWO_EPOCHS, "ckpt_path=last", f"hydra.run.dir={run_dir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [row["epoch"] for row in csv_rows(run_dir) if row["val/probe_acc1"]] == ["0", "1"]
     assert_same_weights(straight, run_dir)
@@ -188,10 +188,10 @@ def test_views_made_on_the_device_resume_exactly_from_a_mid_epoch_checkpoint(tmp
     # augment.on_device=true draws from the device's global generator, whose state every checkpoint holds.
     on_device = [*TWO_EPOCHS, "augment.on_device=true"]
     straight_run, run_dir = tmp_path / "straight", tmp_path / "run"
-    assert train(*on_device, f"hydra.run.dir={straight_run}").returncode == 0
+    assert train_here(*on_device, f"hydra.run.dir={straight_run}").returncode == 0
     stopped = train_in_own_session(*on_device, *SIGNAL_AT_STEP_6, f"hydra.run.dir={run_dir}")
     assert stopped.returncode == 143, stopped.stderr[-3000:]
-    resumed = train(*on_device, "ckpt_path=last", f"hydra.run.dir={run_dir}")
+    resumed = train_here(*on_device, "ckpt_path=last", f"hydra.run.dir={run_dir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_weights(straight_run, run_dir)
 

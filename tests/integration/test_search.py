@@ -10,28 +10,25 @@ import signal
 import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import optuna
 import pytest
 from omegaconf import OmegaConf
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from tests.runs import CONF, ROOT, TINY, compose_train
 from vicreg_lightning.errors import UserError
 from vicreg_lightning.hparams_search.pruning import check_metric, logged_metrics
 from vicreg_lightning.hparams_search.space import parse_space
-from vicreg_lightning.hparams_search.study import (StudySettings, make_pruner, open_storage, open_study,
-                                                   sampler_seed)
+from vicreg_lightning.hparams_search.study import (StudySettings, make_pruner, open_storage, open_study)
 from vicreg_lightning.hparams_search.workers import available_devices, check_workers
 from vicreg_lightning.sweep_summary import main as sweep_summary
 
-pytestmark = pytest.mark.xdist_group("search")
-optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SEARCH = [sys.executable, "-m", "vicreg_lightning.hparams_search.workers"]
+
+
 # 6 trials of 3 one-step epochs; the expander 64-1 is a planted collapse (RankMe exactly 1), pruned
 # after the warm-up epoch; 64-64 trials are healthy (RankMe > 1.2 from the first step).
 SMOKE_SEARCH = [*TINY, "hydra.sweeper.n_trials=6", "trainer.limit_train_batches=1", "trainer.limit_val_batches=2",
@@ -40,52 +37,53 @@ SMOKE_SEARCH = [*TINY, "hydra.sweeper.n_trials=6", "trainer.limit_train_batches=
                 "model.expander=choice(64-64,64-1)"]
 
 
-def _version(name: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version(name).split(".")[:2])
-
-
-def test_the_install_resolves_current_optuna_and_sqlalchemy_2():
-    assert _version("optuna") >= (4, 9) and _version("sqlalchemy") >= (2, 0)
-    assert tuple(int(p) for p in optuna.__version__.split(".")[:2]) == _version("optuna")  # the one imported
-
-
-def test_the_search_space_reads_hydras_sweep_grammar():
-    space = parse_space({"loss.sim_coeff": "tag(log, interval(5, 50))", "loss.cov_coeff": "interval(0.5, 10)",
-                         "data.batch_size": "range(16, 80, 16)", "optim.base_lr": "0.3"},
-                        ["model.expander=choice(64-64,64-1)", "loss.cov_coeff=2", "optim.base_lr=tag(log, range(1, 9))"])
-    assert space.params == {
-        "loss.sim_coeff": FloatDistribution(5.0, 50.0, log=True),
-        "data.batch_size": IntDistribution(16, 64, step=16),  # Hydra's stop is excluded
-        "model.expander": CategoricalDistribution(["64-64", "64-1"]),
-        "optim.base_lr": IntDistribution(1, 8, log=True),  # the command line replaces the config's value
-    }
-    assert space.fixed == ["loss.cov_coeff=2"]  # ... and a plain value takes a key out of the space
-    assert space.overrides({"loss.sim_coeff": 7.5, "data.batch_size": 32, "model.expander": "64-1",
-                            "optim.base_lr": 2}) == ["loss.cov_coeff=2", "loss.sim_coeff=7.5", "data.batch_size=32",
-                                                     "model.expander=64-1", "optim.base_lr=2"]
-    with pytest.raises(UserError, match=r"interval\(low, high\) needs low < high"):
-        parse_space({"loss.sim_coeff": "interval(50, 5)"}, [])
-    with pytest.raises(UserError, match="search space is empty"):
-        parse_space({"loss.sim_coeff": "25"}, [])
-
-
-def test_sampler_seeds_differ_per_worker_and_per_resume_so_no_draw_repeats():
-    seeds = {sampler_seed(0, worker, so_far) for worker in range(4) for so_far in (0, 3, 6)}
-    assert len(seeds) == 12 and sampler_seed(0, 1, 3) == sampler_seed(0, 1, 3)
-    space = parse_space({"loss.sim_coeff": "tag(log, interval(5, 50))"}, [])
-
-    def first_draw(seed: int) -> float:
-        study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
-        return study.ask(space.params).params["loss.sim_coeff"]
-
-    draws = [first_draw(seed) for seed in seeds]
-    assert len(set(draws)) == len(draws)
-    assert first_draw(sampler_seed(0, 0, 0)) == first_draw(sampler_seed(0, 0, 0))  # the negative control
-
-
 def _settings(storage: str, **changes) -> StudySettings:
     return StudySettings(**{"study_name": "vicreg", "storage": storage, "direction": "maximize", "n_trials": 3,
                             "pruner": "none", "heartbeat_interval": 1, "grace_period": 2, "max_retry": 1, **changes})
+
+
+def _search(sweep: Path, workers: int, *extra: str, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
+    command = [*SEARCH, "--workers", str(workers), *extra, f"hydra.sweep.dir={sweep}"]
+    if popen:
+        return subprocess.Popen(command, cwd=ROOT, **popen)
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def _trials(sweep: Path) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="vicreg", storage=f"sqlite:///{sweep / 'optuna.db'}").trials
+
+
+@pytest.fixture(scope="module")
+def smoke_searches(tmp_path_factory) -> dict[int, tuple[Path, float]]:
+    """The same 6-trial search with 1 worker, then with 2: ``{workers: (sweep dir, seconds)}``."""
+    searches = {}
+    for workers in (1, 2):
+        sweep = tmp_path_factory.mktemp(f"workers{workers}") / "sweep"
+        start = time.monotonic()
+        proc = _search(sweep, workers, *SMOKE_SEARCH)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        searches[workers] = sweep, time.monotonic() - start
+    return searches
+
+
+def _burn(n: int) -> None:
+    while n:
+        n -= 1
+
+
+def _two_processes_to_one(work: int = 10_000_000) -> float:
+    """Wall time of a CPU-bound job split over 2 processes, over the same job in 1: about 0.5 with
+    2 idle cores, about 1 when other processes take the cores."""
+    times = []
+    for parts in (1, 2):
+        start = time.monotonic()
+        procs = [multiprocessing.get_context("fork").Process(target=_burn, args=(work // parts,)) for _ in range(parts)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+        times.append(time.monotonic() - start)
+    return times[1] / times[0]
 
 
 def test_bad_storage_study_pruner_metric_and_workers_are_refused_in_one_line(tmp_path):
@@ -141,50 +139,6 @@ def test_an_optimized_metric_typo_ends_the_command_before_training_with_the_stud
         "val/probe_acc1, val/probe_acc1_best, val/probe_acc5?"]
     assert (tmp_path / "optuna.db").read_bytes() == before
     assert not list((tmp_path / "sweep").glob("0"))  # no trial started
-
-
-def _search(sweep: Path, workers: int, *extra: str, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
-    command = [*SEARCH, "--workers", str(workers), *extra, f"hydra.sweep.dir={sweep}"]
-    if popen:
-        return subprocess.Popen(command, cwd=ROOT, **popen)
-    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
-
-
-def _trials(sweep: Path) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name="vicreg", storage=f"sqlite:///{sweep / 'optuna.db'}").trials
-
-
-@pytest.fixture(scope="module")
-def smoke_searches(tmp_path_factory) -> dict[int, tuple[Path, float]]:
-    """The same 6-trial search with 1 worker, then with 2: ``{workers: (sweep dir, seconds)}``."""
-    searches = {}
-    for workers in (1, 2):
-        sweep = tmp_path_factory.mktemp(f"workers{workers}") / "sweep"
-        start = time.monotonic()
-        proc = _search(sweep, workers, *SMOKE_SEARCH)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        searches[workers] = sweep, time.monotonic() - start
-    return searches
-
-
-def _burn(n: int) -> None:
-    while n:
-        n -= 1
-
-
-def _two_processes_to_one(work: int = 10_000_000) -> float:
-    """Wall time of a CPU-bound job split over 2 processes, over the same job in 1: about 0.5 with
-    2 idle cores, about 1 when other processes take the cores."""
-    times = []
-    for parts in (1, 2):
-        start = time.monotonic()
-        procs = [multiprocessing.get_context("fork").Process(target=_burn, args=(work // parts,)) for _ in range(parts)]
-        for proc in procs:
-            proc.start()
-        for proc in procs:
-            proc.join()
-        times.append(time.monotonic() - start)
-    return times[1] / times[0]
 
 
 def test_two_workers_run_a_search_faster_than_one_and_every_trial_has_its_run_directory(smoke_searches):
@@ -272,55 +226,3 @@ def test_a_worker_killed_mid_trial_leaves_a_failed_trial_that_is_retried_and_the
     for trial in done:  # the other workers' trials ran to the end, in their own directories
         assert json.loads((sweep / str(trial.number) / "metrics.json").read_text())["step"] == 2
     assert not (sweep / str(victim.number) / "metrics.json").exists()
-
-
-def test_the_pruning_rule_waits_for_the_warm_up_needs_a_value_and_follows_the_studys_pruner(tmp_path):
-    import torch
-    from types import SimpleNamespace
-
-    from vicreg_lightning.hparams_search.pruning import SearchPruning
-
-    def epoch_end(callback: SearchPruning, epoch: int, **metrics: float) -> bool:
-        one_process = SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision)
-        trainer = SimpleNamespace(current_epoch=epoch - 1, should_stop=False, is_global_zero=True, strategy=one_process,
-                                  callback_metrics={k.replace("__", "/"): torch.tensor(v) for k, v in metrics.items()})
-        callback.on_train_epoch_end(trainer, None)
-        return trainer.should_stop
-
-    rule = SearchPruning(str(tmp_path / "run"), "val/probe_acc1", "health/embed_rankme", 2.0, warmup_epochs=2)
-    assert not epoch_end(rule, 1, health__embed_rankme=1.0)  # collapsed, but in the warm-up
-    assert not epoch_end(rule, 3, health__embed_rankme=2.5)  # healthy
-    assert not epoch_end(rule, 3, val__probe_acc1=0.5)  # no health check this epoch: no verdict
-    assert not (tmp_path / "run" / "pruned.json").exists()
-    assert epoch_end(rule, 3, health__embed_rankme=float("nan"))  # non-finite embeddings
-    assert json.loads((tmp_path / "run" / "pruned.json").read_text())["reason"] == \
-        "health/embed_rankme=nan < 2 after epoch 3"
-
-    # The objective's pruner: a median pruner against one earlier trial (0.5 after epoch 1, 0.99
-    # after epoch 2; the median compares this trial's best so far).
-    study = optuna.create_study(direction="maximize", pruner=make_pruner("median", 0))
-    study.pruner._n_startup_trials = 1  # noqa: SLF001 - one finished trial is enough here
-    earlier = study.ask()
-    for epoch, value in ((1, 0.5), (2, 0.99)):
-        earlier.report(value, epoch)
-    study.tell(earlier, 0.99)
-    objective = SearchPruning(str(tmp_path / "objective"), "val/probe_acc1", None, 0.0, warmup_epochs=0)
-    objective.trial = study.ask()
-    assert not epoch_end(objective, 1, val__probe_acc1=0.95)
-    assert epoch_end(objective, 2, val__probe_acc1=0.1)
-    assert study.trials[-1].intermediate_values == pytest.approx({1: 0.95, 2: 0.1})
-    assert "the study's pruner: val/probe_acc1=0.1 after epoch 2" in (tmp_path / "objective" / "pruned.json").read_text()
-
-
-def test_the_summary_ranks_finished_jobs_in_the_searchs_direction_then_pruned_then_failed():
-    from vicreg_lightning.sweep_summary import Job, best, ranked
-
-    def jobs(maximize: bool) -> list[Job]:
-        return [Job("0", {}, "m", "finished", {"m": 0.2}, maximize=maximize),
-                Job("1", {}, "m", "pruned", {"m": 0.1}, pruned_epoch=2, maximize=maximize),
-                Job("2", {}, "m", "finished", {"m": 0.5}, maximize=maximize),
-                Job("3", {}, "m", "failed", error="diverged", maximize=maximize)]
-
-    assert [job.name for job in ranked(jobs(maximize=False))] == ["0", "2", "1", "3"]
-    assert [job.name for job in ranked(jobs(maximize=True))] == ["2", "0", "1", "3"]
-    assert best(jobs(maximize=False)).name == "0" and best(jobs(maximize=False)[1:2]) is None

@@ -83,8 +83,8 @@ TINY_TIMM_VIT = {"backbone": "timm:vit_tiny_patch16_224", "pool": "auto",
 
 
 @pytest.mark.parametrize("encoder,local_crops", [
-    ({"backbone": {"_target_": "tests.test_micro_batch.layernorm_mlp"}}, 0),
-    ({"backbone": {"_target_": "tests.test_micro_batch.layernorm_mlp"}, "compile": True}, 0),
+    ({"backbone": {"_target_": "tests.integration.test_micro_batch.layernorm_mlp"}}, 0),
+    ({"backbone": {"_target_": "tests.integration.test_micro_batch.layernorm_mlp"}, "compile": True}, 0),
     (TINY_TIMM_VIT, 0),
     (TINY_TIMM_VIT, 2),
 ], ids=["layernorm-mlp", "layernorm-mlp-compiled", "vit", "vit-local-crops"])
@@ -133,7 +133,7 @@ def test_a_micro_batch_that_does_not_divide_the_batch_is_refused_before_training
     assert not (tmp_path / "checkpoints").exists()
     with pytest.raises(ConfigError, match="data.micro_batch_size=0: expected null"):
         run(compose_train(*TINY_RUN, "data.micro_batch_size=0", f"paths.output_dir={tmp_path}"))
-    m = module({"_target_": "tests.test_micro_batch.layernorm_mlp"}, micro_batch_size=5)
+    m = module({"_target_": "tests.integration.test_micro_batch.layernorm_mlp"}, micro_batch_size=5)
     with pytest.raises(ConfigError, match="data.micro_batch_size=5"):
         m.step_loss(*batch())
 

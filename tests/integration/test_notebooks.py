@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+from tests.runs import ROOT
+
+NOTEBOOKS = ROOT / "notebooks"
 
 
 @pytest.mark.parametrize("name", ["quickstart", "sweep_analysis"])

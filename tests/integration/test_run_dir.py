@@ -3,20 +3,25 @@ its log."""
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.runs import TINY, compose_eval, compose_train, train
-from vicreg_lightning.errors import ConfigError, RunDirRefused
-from vicreg_lightning.patches import HistoryKeepingCSVLogger
+from tests.runs import TINY, compose_eval, compose_train, train_here
+from vicreg_lightning.errors import RunDirRefused
 from vicreg_lightning.run_dir import claim, held, save_job_config
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def unfinished_copy(run: Path, folder: Path) -> Path:
+    """A run directory as an interrupted run leaves it: the run's files without metrics.json."""
+    shutil.copytree(run, folder)
+    (folder / "metrics.json").unlink()
+    return folder
 
 
 def test_a_finished_run_stays_untouched_when_resumed_or_rerun(tiny_digits_run, tmp_path):
@@ -25,59 +30,16 @@ def test_a_finished_run_stays_untouched_when_resumed_or_rerun(tiny_digits_run, t
     before = snapshot(run_dir)
 
     # A requeued job that had already finished: says so, exits 0, writes nothing.
-    again = train("ckpt_path=last", f"hydra.run.dir={run_dir}")
+    again = train_here("ckpt_path=last", f"hydra.run.dir={run_dir}")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "holds a finished run" in again.stdout
     assert snapshot(run_dir) == before
 
     # Another run into it is refused before Hydra's or the run's files are written.
-    refused = train("seed=7", "loss.sim_coeff=10", f"hydra.run.dir={run_dir}")
+    refused = train_here("seed=7", "loss.sim_coeff=10", f"hydra.run.dir={run_dir}")
     assert refused.returncode == 2
     assert "already holds a finished run" in refused.stderr and "ckpt_path=" in refused.stderr
     assert snapshot(run_dir) == before
-
-
-def test_claim_refuses_to_overwrite_saved_work(tmp_path):
-    assert claim(tmp_path, None) and claim(tmp_path, "last")
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"weights")
-    with pytest.raises(ConfigError, match="checkpoints of an unfinished run; resume it with ckpt_path=last"):
-        claim(tmp_path, None)
-    assert claim(tmp_path, "last")
-    slurm = tmp_path / "slurm"
-    slurm.mkdir()
-    (slurm / "hpc_ckpt_1.ckpt").write_bytes(b"weights")  # Lightning's SLURM requeue checkpoint
-    with pytest.raises(ConfigError, match="checkpoints of an unfinished run"):
-        claim(slurm, None)
-    (tmp_path / "metrics.json").write_text("{}")
-    assert claim(tmp_path, "last") is False
-    for ckpt_path in (None, str(tmp_path / "checkpoints" / "last.ckpt")):
-        with pytest.raises(ConfigError, match="already holds a finished run"):
-            claim(tmp_path, ckpt_path)
-
-
-def test_the_csv_log_keeps_earlier_attempts_and_drops_the_steps_logged_again(tmp_path):
-    def attempt(steps: range, attempt: int) -> None:
-        logger = HistoryKeepingCSVLogger(tmp_path, name="csv", version="")
-        for step in steps:
-            logger.log_metrics({"train/loss": float(step), f"attempt{attempt}": 1.0}, step=step)
-        logger.save()
-
-    attempt(range(10), attempt=1)  # cut short after step 9; its checkpoint was taken after step 5
-    attempt(range(6, 12), attempt=2)  # the resumed attempt logs steps 6 and later again
-    with open(tmp_path / "csv" / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert [int(row["step"]) for row in rows] == list(range(12))
-    assert all(float(row["train/loss"]) == int(row["step"]) for row in rows)
-    assert [row["attempt1"] != "" for row in rows] == [True] * 6 + [False] * 6
-    assert [row["attempt2"] != "" for row in rows] == [False] * 6 + [True] * 6
-
-
-def unfinished_copy(run: Path, folder: Path) -> Path:
-    """A run directory as an interrupted run leaves it: the run's files without metrics.json."""
-    shutil.copytree(run, folder)
-    (folder / "metrics.json").unlink()
-    return folder
 
 
 def test_a_second_run_into_a_directory_in_use_is_refused_and_changes_nothing(tiny_digits_run, tmp_path):

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.runs import ROOT
+
 TINY = ["experiment=smoke", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
         "callbacks.representation_health=null"]
 

@@ -20,11 +20,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from tests.runs import ROOT
 from vicreg_lightning import checkpoint_io
 from vicreg_lightning.checkpoint_io import AtomicCheckpointIO
 from vicreg_lightning.train import build_trainer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def checkpoint(version: int, megabytes: float) -> dict:

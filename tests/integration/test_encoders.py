@@ -12,7 +12,7 @@ import timm
 import torch
 from torch import nn
 
-from tests.runs import TINY_RUN, compose_eval, random_init_export, train, weights
+from tests.runs import TINY_RUN, compose_eval, random_init_export, train_here, weights
 from vicreg_lightning.backbones import build_backbone
 from vicreg_lightning.evaluate import run as evaluate
 from vicreg_lightning.export import export, load_encoder
@@ -51,11 +51,11 @@ def test_a_timm_export_loads_into_timm_with_the_checkpoints_features(tiny_vit_ru
 
 @pytest.mark.parametrize("backbone,feature_dim", [
     ("model.backbone=timm:convnext_atto", 320),
-    ("model.backbone={_target_:tests.test_backbones.small_cnn,width:24}", 24),
+    ("model.backbone={_target_:tests.unit.test_backbones.small_cnn,width:24}", 24),
 ], ids=["timm-convnext", "own-encoder"])
 def test_an_encoder_trains_evaluates_and_exports(backbone, feature_dim, tmp_path):
     run_dir = tmp_path / "run"
-    proc = train(*TINY_RUN, backbone, "trainer.limit_val_batches=1", "callbacks.representation_health=null",
+    proc = train_here(*TINY_RUN, backbone, "trainer.limit_val_batches=1", "callbacks.representation_health=null",
                  f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())

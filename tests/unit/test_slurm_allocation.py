@@ -1,6 +1,6 @@
 """The SLURM rules without a cluster: what the launcher asks sbatch for, what a job's allocation
 must give the trainer, and when a requeued job resumes (vicreg_lightning/slurm.py). The same rules
-on the real cluster: tests/test_slurm.py."""
+on the real cluster: tests/distributed/test_slurm.py."""
 
 from __future__ import annotations
 

@@ -16,22 +16,18 @@ from unittest import mock
 import pytest
 import torch
 from omegaconf import OmegaConf
-from torch import nn
 
 from tests.runs import ROOT
-from vicreg_lightning.config import preset
-from vicreg_lightning.data.datasets import TensorImages, build_datasets
-from vicreg_lightning.metrics.groups import frechet_distance
-from vicreg_lightning.metrics.invariance import invariance
+from vicreg_lightning.data.datasets import build_datasets
 from vicreg_lightning.report import (
     FAMILIES,
     FIGURES,
-    group_stability,
     load_for_report,
     main,
     measure_invariance,
     untrained_twin,
 )
+
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -55,6 +51,40 @@ def tiny_report(tiny_digits_run: Path, tmp_path_factory: pytest.TempPathFactory)
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+def _table_after(markdown: str, heading_start: str) -> list[dict[str, str]]:
+    """The first Markdown table under the ``## <heading_start>...`` heading, as dicts."""
+    section = markdown.split(f"## {heading_start}", 1)[1]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = []
+    for line in lines[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) != len(header):
+            break
+        rows.append(dict(zip(header, cells, strict=True)))
+    return rows
+
+
+def _bad_inputs(tmp_path: Path, checkpoint: Path) -> list[tuple[list[str], str]]:
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"half a checkpoint")
+    not_a_checkpoint = tmp_path / "weights.ckpt"
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}}, not_a_checkpoint)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    return [
+        ([str(tmp_path / "no_such.ckpt")], "no such file"),
+        ([str(corrupt)], "corrupt"),
+        ([str(not_a_checkpoint)], "not a vicreg-lightning"),
+        ([str(empty)], "checkpoints/last.ckpt"),
+        ([str(checkpoint), "--data", "nonexistent"], "data.name"),
+        ([str(checkpoint), "--out", str(a_file / "report")], "--out"),
+        ([str(checkpoint), "--out", str(tmp_path / "r"), "--groups-csv", str(a_file)], "is not 'path,group'"),
+    ]
 
 
 @pytest.mark.xdist_group("tiny_report")  # the report is written once, on one worker
@@ -92,20 +122,6 @@ def test_report_holds_every_figure_and_references_it(tiny_report: Path) -> None:
     assert {g["name"]: g["size"] for g in numbers["groups"]} == dict.fromkeys(ink, 120)
 
 
-def _table_after(markdown: str, heading_start: str) -> list[dict[str, str]]:
-    """The first Markdown table under the ``## <heading_start>...`` heading, as dicts."""
-    section = markdown.split(f"## {heading_start}", 1)[1]
-    lines = [line for line in section.splitlines() if line.startswith("|")]
-    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    rows = []
-    for line in lines[2:]:
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if len(cells) != len(header):
-            break
-        rows.append(dict(zip(header, cells, strict=True)))
-    return rows
-
-
 @pytest.mark.xdist_group("tiny_report")
 def test_invariance_table_marks_the_families_of_the_training_recipe(
     tiny_report: Path, tiny_digits_run: Path,
@@ -129,97 +145,6 @@ def test_invariance_table_marks_the_families_of_the_training_recipe(
     for row in rows:
         for column in ("invariance (features)", "invariance (embeddings)", "untrained (features)"):
             float(row[column])  # a number in every cell
-
-
-def _noise_images(count: int = 64, size: int = 16) -> TensorImages:
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=generator)
-    return TensorImages(images, torch.zeros(count, dtype=torch.long))
-
-
-def test_invariance_is_one_for_an_encoder_that_ignores_the_transform_and_zero_for_raw_pixels() -> None:
-    aug = OmegaConf.create({**preset("augment", "official"), "size": 16, "val_resize": 16})
-    # Global average pooling of the image: a flip moves pixels, not their mean.
-    pooled = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    # The raw pixels: a flipped noise image is as unrelated to its original as any other noise image.
-    pixels = nn.Flatten()
-    results = measure_invariance({"pooled": (pooled, None), "pixels": (pixels, None)}, _noise_images(), aug,
-                                 families=("flip",))
-    assert results["pooled"]["flip"].input_change > 0.5  # the transform did change the images
-    assert results["pooled"]["flip"].scores["features"].score == pytest.approx(1.0, abs=1e-6)
-    assert abs(results["pixels"]["flip"].scores["features"].score) < 0.05
-
-
-def test_invariance_follows_its_definition() -> None:
-    generator = torch.Generator().manual_seed(0)
-    reference = torch.rand(50, 8, generator=generator)
-    transformed = reference + 0.3 * torch.randn(50, 8, generator=generator)
-    centred_ref = reference.double() - reference.double().mean(dim=0)
-    centred_trans = transformed.double() - reference.double().mean(dim=0)
-    cos = torch.nn.functional.cosine_similarity
-    sim_same = cos(centred_ref, centred_trans, dim=1).mean()
-    sim_unrelated = torch.stack([cos(centred_ref[i], centred_ref[j], dim=0)
-                                 for i in range(50) for j in range(50) if i != j]).mean()
-    measured = invariance(reference, transformed)
-    assert measured.sim_same == pytest.approx(float(sim_same), abs=1e-12)
-    assert measured.sim_unrelated == pytest.approx(float(sim_unrelated), abs=1e-12)
-    assert measured.score == pytest.approx(float((sim_same - sim_unrelated) / (1 - sim_unrelated)), abs=1e-12)
-    # Scaling about the mean leaves the direction: invariant. Another image in place of the original:
-    # exactly as close as an unrelated image, with two images.
-    mean = reference.mean(dim=0)
-    assert invariance(reference, mean + 2 * (reference - mean)).score == pytest.approx(1.0, abs=1e-12)
-    assert invariance(reference[:2], reference[[1, 0]]).score == pytest.approx(0.0, abs=1e-12)
-
-
-@pytest.mark.parametrize("samples", [5, 80], ids=["fewer samples than dims", "more samples than dims"])
-def test_frechet_distance_matches_the_textbook_formula(samples: int) -> None:
-    from scipy import linalg
-
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(samples, 16, generator=generator, dtype=torch.float64)
-    y = 1.5 * torch.randn(samples + 7, 16, generator=generator, dtype=torch.float64) + 0.5
-    cov_x, cov_y = torch.cov(x.T).numpy(), torch.cov(y.T).numpy()
-    root = linalg.sqrtm(linalg.sqrtm(cov_x) @ cov_y @ linalg.sqrtm(cov_x)).real
-    expected = float((x.mean(0) - y.mean(0)).square().sum()) + cov_x.trace() + cov_y.trace() - 2 * root.trace()
-    assert frechet_distance(x, y) == pytest.approx(expected, rel=1e-6)
-    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
-
-
-def test_group_distance_flags_the_group_shifted_on_purpose() -> None:
-    generator = torch.Generator().manual_seed(0)
-    groups, per_group, dim, shifted = 8, 40, 32, 5
-    features = torch.randn(groups * per_group, dim, generator=generator)
-    group_index = torch.arange(groups).repeat_interleave(per_group)
-    features[group_index == shifted] += 1.5
-    rows = group_stability(features, None, group_index, [f"g{g}" for g in range(groups)],
-                           knn_correct=torch.ones(len(features), dtype=torch.bool))
-    assert [row.flagged for row in rows] == [g == shifted for g in range(groups)]
-    assert max(rows, key=lambda row: row.distance).name == f"g{shifted}"
-    # Without the shift, nothing stands apart.
-    features[group_index == shifted] -= 1.5
-    rows = group_stability(features, None, group_index, [f"g{g}" for g in range(groups)],
-                           knn_correct=torch.ones(len(features), dtype=torch.bool))
-    assert not any(row.flagged for row in rows)
-
-
-def _bad_inputs(tmp_path: Path, checkpoint: Path) -> list[tuple[list[str], str]]:
-    corrupt = tmp_path / "corrupt.ckpt"
-    corrupt.write_bytes(b"half a checkpoint")
-    not_a_checkpoint = tmp_path / "weights.ckpt"
-    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}}, not_a_checkpoint)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    a_file = tmp_path / "a_file"
-    a_file.write_text("x")
-    return [
-        ([str(tmp_path / "no_such.ckpt")], "no such file"),
-        ([str(corrupt)], "corrupt"),
-        ([str(not_a_checkpoint)], "not a vicreg-lightning"),
-        ([str(empty)], "checkpoints/last.ckpt"),
-        ([str(checkpoint), "--data", "nonexistent"], "data.name"),
-        ([str(checkpoint), "--out", str(a_file / "report")], "--out"),
-        ([str(checkpoint), "--out", str(tmp_path / "r"), "--groups-csv", str(a_file)], "is not 'path,group'"),
-    ]
 
 
 def test_bad_input_gets_one_line_and_exit_code_2(tmp_path: Path, tiny_digits_run: Path, capsys) -> None:

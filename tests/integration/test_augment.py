@@ -1,0 +1,17 @@
+"""The two-view recipe, in the loader workers (OpenCV) and on the device (kornia): torchvision's crop
+draw, each family applied with its configured probability, drawn independently per sample and per
+view, and the official asymmetry between the views."""
+
+from __future__ import annotations
+
+import math
+
+
+def test_a_run_with_views_made_on_the_device_trains(tmp_path):
+    """The whole path under a real Trainer: uint8 batches, kornia views in on_after_batch_transfer."""
+    from tests.runs import compose_train, shrink
+    from vicreg_lightning.train import run
+
+    metrics = run(compose_train(*shrink(tmp_path, tmp_path / "run"), "augment.on_device=true"))
+    assert math.isfinite(metrics["train/loss"]) and metrics["step"] == 2
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
