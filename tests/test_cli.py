@@ -12,7 +12,7 @@ import pytest
 
 from tests.fake_data import write_image_folder
 from tests.runs import ROOT, compose_train
-from vicreg_lightning.cli import describe_error
+from vicreg_lightning.error_exit import describe_error
 
 
 def train(*overrides: str, timeout: float = 600) -> tuple[subprocess.CompletedProcess, float]:

@@ -26,7 +26,7 @@ from vicreg_lightning.hparams_search.space import parse_space
 from vicreg_lightning.hparams_search.study import (StudySettings, make_pruner, open_storage, open_study,
                                                    sampler_seed)
 from vicreg_lightning.hparams_search.workers import available_devices, check_workers
-from vicreg_lightning.sweep_summary import main as sweep_summary
+from vicreg_lightning.cli import sweep_summary
 
 pytestmark = pytest.mark.xdist_group("search")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
