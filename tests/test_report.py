@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from tests.runs import ROOT
+from vicreg_lightning.cli import report as report_command
 from vicreg_lightning.config import preset
 from vicreg_lightning.data.datasets import TensorImages, build_datasets
 from vicreg_lightning.metrics.groups import frechet_distance
@@ -28,7 +29,6 @@ from vicreg_lightning.report import (
     FIGURES,
     group_stability,
     load_for_report,
-    main,
     measure_invariance,
     untrained_twin,
 )
@@ -225,7 +225,7 @@ def _bad_inputs(tmp_path: Path, checkpoint: Path) -> list[tuple[list[str], str]]
 def test_bad_input_gets_one_line_and_exit_code_2(tmp_path: Path, tiny_digits_run: Path, capsys) -> None:
     for argv, expected in _bad_inputs(tmp_path, tiny_digits_run / "checkpoints" / "last.ckpt"):
         with pytest.raises(SystemExit) as exit_info:
-            main(argv)
+            report_command(argv)
         assert exit_info.value.code == 2, argv
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (argv, lines)

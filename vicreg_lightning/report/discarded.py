@@ -204,7 +204,7 @@ def representations(encoders: Mapping[str, tuple[torch.nn.Module, torch.nn.Modul
 
 
 def discarded_section(doc: Document, encoder: LoadedEncoder, images: Dataset, options: ReportOptions,
-                       device: torch.device) -> dict[str, Any]:
+                      device: torch.device) -> dict[str, Any]:
     """Linear read-outs of each nuisance attribute the recipe varies, from pixels, features, embeddings
     and the untrained twin: the table and the ``discarded`` key."""
     doc.heading("What is discarded: linear read-outs of each nuisance attribute")

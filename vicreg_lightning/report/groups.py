@@ -26,6 +26,9 @@ from vicreg_lightning.report.plotting import pyplot, save_figure
 from vicreg_lightning.report.probes import KNN_K, KNN_TEMPERATURE, knn_correct
 from vicreg_lightning.report.source import LoadedEncoder
 
+FIGURES: tuple[str, ...] = ("groups.png",)
+
+
 @dataclass
 class GroupStats:
     """One group of the stability table (see :func:`group_stability`)."""
@@ -75,12 +78,9 @@ def group_stability(
     return rows
 
 
-FIGURES: tuple[str, ...] = ("groups.png",)
-
-
 def groups_section(doc: Document, encoder: LoadedEncoder, train: Features, val: Features, names: list[str],
-                    metadata: list[str] | None, num_classes: int, options: ReportOptions, device: torch.device,
-                    represent: Callable[[Dataset], Features], out: Path) -> dict[str, Any]:
+                   metadata: list[str] | None, num_classes: int, options: ReportOptions, device: torch.device,
+                   represent: Callable[[Dataset], Features], out: Path) -> dict[str, Any]:
     """RankMe, kNN accuracy and the Fréchet distance to the rest per group (the classes, the groups of
     ``--groups-csv``, a ``--domain``): the table, ``groups.png`` and the ``groups`` key."""
     doc.heading("Stability across groups and domains")

@@ -25,6 +25,8 @@ from vicreg_lightning.report.document import Document, fmt
 from vicreg_lightning.report.plotting import pyplot, save_figure
 from vicreg_lightning.report.source import SPACES, LoadedEncoder, architecture_known, untrained_twin
 
+FIGURES: tuple[str, ...] = ("invariance.png",)
+
 # The augmentation families of the recipe (vicreg_lightning.data.augment.view_transform), in its order.
 FAMILIES: tuple[str, ...] = ("crop", "flip", "jitter", "grayscale", "blur", "solarize")
 
@@ -157,11 +159,8 @@ def measure_invariance(
     return results
 
 
-FIGURES: tuple[str, ...] = ("invariance.png",)
-
-
 def invariance_section(doc: Document, encoder: LoadedEncoder, images: Dataset, spaces: Sequence[str],
-                        options: ReportOptions, device: torch.device, workers: int, out: Path) -> dict[str, Any]:
+                       options: ReportOptions, device: torch.device, workers: int, out: Path) -> dict[str, Any]:
     """The training recipe and the measured invariance to each augmentation family, beside an untrained
     twin's: the table, ``invariance.png`` and the ``recipe``, ``invariance`` and ``invariance_untrained`` keys."""
     doc.heading('What counts as "same": augmentation recipe and measured invariance')

@@ -18,6 +18,8 @@ from vicreg_lightning.metrics.knn import knn_class_scores
 from vicreg_lightning.report.document import Document, fmt
 from vicreg_lightning.report.plotting import pyplot, save_figure
 
+FIGURES: tuple[str, ...] = ("probe_per_class.png", "confusion.png", "embedding_map.png")
+
 # t-SNE is O(N²) in memory and slow above a few thousand points; PCA maps any number.
 TSNE_MAX_POINTS = 2000
 # kNN classifier of Wu et al. (CVPR 2018) as DINO evaluates it (Caron et al., ICCV 2021).
@@ -60,17 +62,15 @@ def two_d_map(x: Tensor, method: str = "auto", seed: int = 0) -> tuple[np.ndarra
 
 
 def knn_correct(bank: Features, queries: Features, num_classes: int) -> Tensor:
+    """Per query, whether its weighted kNN vote among the bank's labelled features is its label."""
     labelled = bank.labels != UNLABELED
     scores = knn_class_scores(queries.features, bank.features[labelled], bank.labels[labelled], num_classes,
                               KNN_K, KNN_TEMPERATURE)
     return scores.argmax(dim=1) == queries.labels
 
 
-FIGURES: tuple[str, ...] = ("probe_per_class.png", "confusion.png", "embedding_map.png")
-
-
 def probe_section(doc: Document, probabilities: np.ndarray, val: Features, spaces: dict[str, Tensor],
-                   names: list[str], online: float | None, map_method: str, seed: int, out: Path) -> dict[str, Any]:
+                  names: list[str], online: float | None, map_method: str, seed: int, out: Path) -> dict[str, Any]:
     """The linear probe's accuracy per class, its confusion matrix and a 2-D map of the validation set:
     the table, ``probe_per_class.png``, ``confusion.png``, ``embedding_map.png`` and the ``linear_probe`` key."""
     from sklearn.metrics import confusion_matrix
