@@ -43,12 +43,13 @@ sys.path.insert(0, str(ROOT))
 from vicreg_lightning.backbones import uses_small_stem  # noqa: E402
 from vicreg_lightning.config import preset  # noqa: E402
 from vicreg_lightning.module import VICRegModule  # noqa: E402
-from vicreg_lightning.optim import build_optimizer, scaled_lr, warmup_cosine  # noqa: E402
+from vicreg_lightning.optim import build_optimizer  # noqa: E402
 from vicreg_lightning.micro_batch import check_micro_batch_size  # noqa: E402
 from benchmarks.resident_memory import peak_growth  # noqa: E402
 
 # The shipped LARS preset and loss (official coefficients), with no warmup: every timed step at full lr.
 OPTIM = preset("optim", "lars", "warmup_epochs=0")
+OPTIMIZER = {key: value for key, value in OPTIM.items() if key != "clip_grad_norm"}  # build_optimizer's
 LOSS = preset("loss", "vicreg")
 
 
@@ -76,13 +77,9 @@ class BareLoop:
                               image_size=args.size)
         self.backbone, self.expander = module.backbone.to(device), module.expander.to(device)
         self.criterion, self.device = module.criterion, device
-        self.optimizer = build_optimizer(
-            OPTIM["name"], encoder=nn.ModuleList([self.backbone, self.expander]), probe=nn.Identity(),
-            lr=scaled_lr(OPTIM["base_lr"], args.batch), probe_lr=OPTIM["probe_lr"],
-            weight_decay=OPTIM["weight_decay"], momentum=OPTIM["momentum"], eta=OPTIM["eta"],
-            betas=tuple(OPTIM["betas"]), exclude_bias_and_norm=OPTIM["exclude_bias_and_norm"])
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: warmup_cosine(s, total_steps, 0, OPTIM["end_lr_ratio"]))
+        self.optimizer, self.schedule = build_optimizer(
+            nn.ModuleList([self.backbone, self.expander]), nn.Identity(), global_batch_size=args.batch,
+            total_steps=total_steps, steps_per_epoch=total_steps, **OPTIMIZER)
         self.x_a, self.x_b = two_views(args, device)
 
     def step(self) -> float:
@@ -209,11 +206,9 @@ def _micro_batch_child(args: argparse.Namespace, micro_batch_size: int | None, q
     torch.manual_seed(0)
     module = VICRegModule(model_config(args), LOSS, OPTIM, num_classes=10, batch_size=args.batch,
                           image_size=args.size, micro_batch_size=micro_batch_size).to(device)
-    optimizer = build_optimizer(
-        OPTIM["name"], encoder=nn.ModuleList([module.backbone, module.expander]), probe=module.probe,
-        lr=scaled_lr(OPTIM["base_lr"], args.batch), probe_lr=OPTIM["probe_lr"], weight_decay=OPTIM["weight_decay"],
-        momentum=OPTIM["momentum"], eta=OPTIM["eta"], betas=tuple(OPTIM["betas"]),
-        exclude_bias_and_norm=OPTIM["exclude_bias_and_norm"])
+    optimizer, _ = build_optimizer(
+        nn.ModuleList([module.backbone, module.expander]), module.probe, global_batch_size=args.batch,
+        total_steps=args.steps + 1, steps_per_epoch=args.steps + 1, **OPTIMIZER)
     views = two_views(args, device)
     labels = torch.randint(0, 10, (args.batch,), device=device)
 

@@ -27,27 +27,12 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from vicreg_lightning.choices import SMALL_RESNETS, TIMM_PREFIX, backbone_kind, resnet_names
 from vicreg_lightning.errors import ConfigError
-from vicreg_lightning.models import weight_mismatches
 from vicreg_lightning.run_dir import read_torch_file
+from vicreg_lightning.weights import weight_mismatches
 
-TIMM_PREFIX = "timm:"
-# model.pool: the model's own pooling (auto), its class token (cls) or the mean of its spatial
-# positions or patch tokens (avg).
-POOLS = ("auto", "cls", "avg")
-_TIMM_POOL = {"cls": "token", "avg": "avg"}
-
-# The ResNet-family constructors of torchvision.models (tests/unit/test_backbones.py checks this against
-# torchvision.models.list_models). Listed here so that the config check needs no torchvision
-# import, which takes seconds.
-TORCHVISION_RESNETS = (
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
-)
-# ResNet-10 (one BasicBlock per stage) is torchvision's ResNet class at the smallest depth: a
-# third of ResNet-18's cost, for quick runs on a CPU (the default digits run). Its weights load
-# into ``torchvision.models.resnet.ResNet(BasicBlock, [1, 1, 1, 1])``.
-SMALL_RESNETS = {"resnet10": [1, 1, 1, 1]}
+_TIMM_POOL = {"cls": "token", "avg": "avg"}  # model.pool as timm's global_pool
 
 # At or below this crop size the ImageNet stem (7x7/2 conv + max-pool) would shrink the image to
 # a few pixels before layer 1, so the backbone uses a 3x3/1 stem unless told otherwise.
@@ -61,27 +46,6 @@ class Backbone(NamedTuple):
     feature_dim: int
     arch: str  # the ResNet name, timm:<name>, or the _target_ path
     timm: dict[str, Any] | None  # {"model_name", "kwargs"}: timm.create_model(model_name, **kwargs)
-
-
-def resnet_names() -> list[str]:
-    """The torchvision ResNets ``model.backbone`` accepts."""
-    return sorted([*TORCHVISION_RESNETS, *SMALL_RESNETS])
-
-
-def backbone_kind(spec: Any) -> str:
-    """``resnet``, ``timm`` or ``target``; a :class:`ConfigError` for anything else."""
-    if isinstance(spec, Mapping):
-        if isinstance(spec.get("_target_"), str) and spec["_target_"]:
-            return "target"
-    elif isinstance(spec, str):
-        if spec.startswith(TIMM_PREFIX) and len(spec) > len(TIMM_PREFIX):
-            return "timm"
-        if spec in resnet_names():
-            return "resnet"
-    raise ConfigError(
-        f"model.backbone={spec!r}: expected a torchvision ResNet ({', '.join(resnet_names())}), timm:<model name> "
-        "(timm:vit_small_patch16_224), or an entry with _target_ (a callable returning an nn.Module)"
-    )
 
 
 def backbone_arch(spec: Any) -> str:
@@ -102,16 +66,17 @@ def is_convnet(module: nn.Module) -> bool:
 
 def build_backbone(model: Mapping[str, Any], image_size: int, any_image_size: bool = False) -> Backbone:
     """The randomly initialised backbone of ``model`` (the ``conf/model`` keys ``backbone``,
-    ``backbone_kwargs``, ``pool``, ``small_stem``, ``zero_init_residual``) for square crops of
-    ``image_size`` px; ``any_image_size``: it must also take other sizes (local crops)."""
-    spec, kwargs, pool = model["backbone"], dict(model.get("backbone_kwargs") or {}), model.get("pool", "auto")
+    ``backbone_kwargs``, ``pool``, and for a ResNet ``small_stem`` and ``zero_init_residual``; their
+    values are the presets', not repeated here) for square crops of ``image_size`` px;
+    ``any_image_size``: it must also take other sizes (local crops)."""
+    spec, kwargs, pool = model["backbone"], dict(model["backbone_kwargs"]), model["pool"]
     kind = backbone_kind(spec)
     if kind == "resnet":
         if kwargs or pool == "cls":
             raise ConfigError(f"model.backbone={spec}: a torchvision ResNet takes no model.backbone_kwargs and has no "
                               "class token (model.pool auto or avg); use a timm: backbone for other settings")
-        module, timm_call = build_resnet(spec, uses_small_stem(model.get("small_stem"), image_size),
-                                         bool(model.get("zero_init_residual", True))), None
+        module, timm_call = build_resnet(spec, uses_small_stem(model["small_stem"], image_size),
+                                         model["zero_init_residual"]), None
     elif kind == "timm":
         module, timm_call = _build_timm(spec[len(TIMM_PREFIX):], kwargs, pool, image_size, any_image_size)
     else:

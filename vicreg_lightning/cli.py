@@ -1,140 +1,23 @@
-"""Running an entry point for a person: bad input ends with one line on stderr and exit code 2.
+"""The console scripts (pyproject's ``[project.scripts]``): each parses its command line and calls
+the library; bad input ends with one line on stderr and exit code 2 (:mod:`vicreg_lightning.error_exit`).
 
-Hydra would print its own multi-line report of a composition error, and a traceback for an error
-raised in the job. :func:`exit_on_user_error` (around the ``@hydra.main`` function) and
-:func:`user_errors_exit` (inside it) print one line instead for the errors that are the user's to
-fix (:class:`~vicreg_lightning.errors.UserError`, a bad override, a missing config option, a
-diverged run). Anything else is a bug and keeps its traceback. ``HYDRA_FULL_ERROR=1`` shows
-tracebacks for everything.
-
-This module imports no torch, torchvision or Lightning, so a bad command line fails in seconds.
+The root ``train.py`` and ``eval.py``, and ``python -m vicreg_lightning.export`` (``.report``,
+``.sweep_summary``, ``.hparams_search.workers``) call the same functions. No library module imports
+this one. It imports no torch, torchvision or Lightning at import time, so a bad command line fails
+in seconds.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
-import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException, SearchPathException
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
-from yaml import MarkedYAMLError
-
-from vicreg_lightning.errors import JobFailed, RunDirRefused, UserError
-from vicreg_lightning.run_dir import FAILURE_FILE, is_finished, is_first_process, save_job_config
-
-
-def describe_error(error: BaseException) -> str | None:
-    """One line for an error that is the user's to fix; None for anything else (a bug)."""
-    if isinstance(error, UserError):
-        return str(error)
-    if isinstance(error, SearchPathException):  # --config-dir of a folder that is not there
-        return f"{str(error).splitlines()[0]}; give --config-dir the folder that holds your presets"
-    invalid_yaml = next((e for e in (error, error.__cause__, error.__context__) if isinstance(e, MarkedYAMLError)), None)
-    if invalid_yaml is not None and invalid_yaml.problem_mark is not None:  # a preset of one's own
-        mark = invalid_yaml.problem_mark
-        return (f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}: not valid YAML ({invalid_yaml.problem}); "
-                "fix the file")
-    if isinstance(error, MissingConfigException):
-        missing = error.missing_cfg_file or ""
-        if "/" in missing and error.options:
-            group, _, option = missing.rpartition("/")
-            return f"{group}={option}: no such option; choose one of: {', '.join(sorted(error.options))}"
-        return str(error).splitlines()[0]
-    if isinstance(error, (ConfigCompositionException, OverrideParseException)):
-        cause = error.__cause__
-        if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
-            reason = str(cause).splitlines()[0]
-            if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
-                return f"unknown config key '{cause.full_key}' (check its spelling; add keys with +key=value)"
-            return f"{cause.full_key}: {reason}"
-        return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    return None
-
-
-def _exit_with(message: str) -> NoReturn:
-    # Under DDP every rank meets the same bad input: rank 0 alone says so.
-    if is_first_process():
-        print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _tracebacks_wanted() -> bool:
-    return os.environ.get("HYDRA_FULL_ERROR") == "1" and not os.environ.get("_VICREG_SET_FULL_ERROR")
-
-
-def exit_on_user_error(entry: Callable[[], Any]) -> Any:
-    """Call a ``@hydra.main`` function; a composition error (unknown key, missing option, bad
-    override) ends it with one line. ``HYDRA_FULL_ERROR`` makes Hydra re-raise such errors
-    instead of printing its own report, so that they can be told here."""
-    if "HYDRA_FULL_ERROR" not in os.environ:
-        os.environ.update(HYDRA_FULL_ERROR="1", _VICREG_SET_FULL_ERROR="1")
-    try:
-        return entry()
-    except Exception as error:  # noqa: BLE001 - told apart by describe_error
-        message = None if _tracebacks_wanted() else describe_error(error)
-        if message is None:
-            raise
-        _exit_with(message)
-
-
-def _sweep_job() -> Any:
-    """This job's Hydra config when it is one job of a ``-m`` sweep, else None."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    return hydra_cfg if hydra_cfg.mode == RunMode.MULTIRUN else None
-
-
-def _record_failed_job(job: Any, error: Exception, cfg: Any) -> JobFailed:
-    """Write ``failure.json`` (and the job's ``.hydra/``, which a job that failed early has not
-    written yet; the sweep summary finds jobs by it) into the job's run directory; the error the
-    sweeper is given."""
-    reason = describe_error(error) or f"{type(error).__name__}: {error}"
-    if describe_error(error) is None:  # a bug: its traceback goes to the job's log file
-        logging.getLogger(__name__).exception("job %s failed", job.job.num)
-    record = {"status": "failed", "error": reason, "type": type(error).__name__,
-              "overrides": list(job.overrides.task)}
-    output_dir = Path(job.runtime.output_dir)
-    # A job refused for its directory (a finished run's, another live job's) leaves it as it was.
-    if not isinstance(error, RunDirRefused) and not is_finished(output_dir):
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if cfg is not None:
-            save_job_config(cfg)
-        (output_dir / FAILURE_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    message = f"job {job.job.num} ({' '.join(job.overrides.task)}) failed: {reason}"
-    print(f"error: {message}", file=sys.stderr)
-    return JobFailed(message)
-
-
-@contextmanager
-def user_errors_exit(cfg: Any = None) -> Iterator[None]:
-    """Inside the job: a user error ends the process with one line (Hydra would otherwise add
-    "Error executing job with overrides: ..." and a traceback).
-
-    In a ``-m`` sweep a failing job (bad values, a diverged run, a bug) must not end the sweep:
-    it is recorded in ``<job dir>/failure.json`` and raised as :class:`JobFailed`, which Hydra's
-    launcher keeps as the job's result (the Optuna sweeper: a failed trial) while the next jobs
-    run. ``cfg``: the job's config as composed, recorded with a failed sweep job."""
-    try:
-        yield
-    except Exception as error:  # noqa: BLE001 - told apart by describe_error
-        job = _sweep_job()
-        if job is not None:
-            raise _record_failed_job(job, error, cfg) from error
-        message = None if _tracebacks_wanted() else describe_error(error)
-        if message is None:
-            raise
-        _exit_with(message)
+from vicreg_lightning.error_exit import exit_on_user_error, user_errors_exit
 
 
 def quiet_lightning_console() -> None:
@@ -154,7 +37,6 @@ def quiet_lightning_console() -> None:
     warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 
 
-# Console scripts (pyproject's [project.scripts]); the root train.py and eval.py call the same.
 # The configs ship inside the package (vicreg_lightning/conf); --config-dir adds a user's own.
 
 
@@ -229,3 +111,106 @@ def shard(argv: list[str] | None = None) -> int:
     print(f"wrote {counts} images of {len(manifest['classes'])} classes to {args.out}; "
           f"train on them with data=shards data.input_dir={args.out}")
     return 0
+
+
+def export(argv: list[str] | None = None) -> int:
+    """``vicreg-export <weights> <out dir>``: backbone.pt, expander.pt and vicreg.json of pretrained
+    weights (:func:`vicreg_lightning.export.export`)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m vicreg_lightning.export" if sys.argv[0].endswith("export.py") else None,
+        description="Write backbone.pt, expander.pt and vicreg.json of pretrained VICReg weights.",
+    )
+    parser.add_argument("weights", help="a training checkpoint (.ckpt), a run directory or an export folder")
+    parser.add_argument("out_dir", help="the export folder to create")
+    args = parser.parse_args(argv)
+    with user_errors_exit():
+        from vicreg_lightning.export import BACKBONE_FILE, EXPANDER_FILE, SIDECAR_FILE, export as write_export
+
+        out_dir = write_export(args.weights, args.out_dir)
+        info = json.loads((out_dir / SIDECAR_FILE).read_text())
+    stem = ", 3x3 stem" if info["small_stem"] else ""
+    print(f"Exported {info['arch']}{stem} ({info['feature_dim']}-d features) to {out_dir}: "
+          f"{BACKBONE_FILE}, {EXPANDER_FILE}, {SIDECAR_FILE}")
+    return 0
+
+
+def report(argv: list[str] | None = None) -> int:
+    """``vicreg-report <checkpoint | run dir | export dir> [--option value ...]``: the representation
+    report (:func:`vicreg_lightning.report.write_report`; its options and their defaults:
+    ``conf/report.yaml``)."""
+    from vicreg_lightning.report.config import MAP_METHODS, report_defaults
+
+    # Under `python -m`, argparse would name the program after the package's __main__.py.
+    prog = "python -m vicreg_lightning.report" if sys.argv[0].endswith("__main__.py") else None
+    parser = argparse.ArgumentParser(prog=prog, description="Representation report of a pretrained encoder.")
+    parser.add_argument("source", type=Path, help="a checkpoint (<run dir>/checkpoints/*.ckpt), a run directory, "
+                        "or an export folder")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: <run dir>/report)")
+    parser.add_argument("--data", default=None, help="evaluate on this data set (data.name; default: the run's)")
+    parser.add_argument("--data-root", default=None, help="its data.root (default: the run's)")
+    # The options of conf/report.yaml (its comments say what each does), defaults from there.
+    parser.add_argument("--domain", dest="domain_name", help="a second data set, one more group in the stability section")
+    parser.add_argument("--domain-root", help="its data.root (default: that of --data)")
+    parser.add_argument("--device", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, ... (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--num-workers", type=int, help="loader workers (default: the run's)")
+    parser.add_argument("--max-samples", type=int, help="images per split, at most (default: %(default)s)")
+    parser.add_argument("--invariance-samples", type=int, help="validation images for invariance (default: %(default)s)")
+    parser.add_argument("--map", dest="map_method", choices=MAP_METHODS, help="(default: %(default)s)")
+    parser.add_argument("--threshold-bound", type=float,
+                        help="flag a worst/best group ratio of false-match or false-positive rates above this "
+                        "(and above chance) (default: %(default)s)")
+    parser.add_argument("--groups-csv", help="a CSV of 'path,group' rows: the groups of the threshold audit and "
+                        "the stability section (default: the classes)")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="skip the untrained encoder's invariance")
+    parser.add_argument("--seed", type=int, help="(default: %(default)s)")
+    parser.set_defaults(**report_defaults())
+    args = vars(parser.parse_args(argv))
+    source, out, data_name, data_root = (args.pop(key) for key in ("source", "out", "data", "data_root"))
+    with user_errors_exit():
+        from vicreg_lightning.report.config import report_options
+        from vicreg_lightning.report.write import FIGURES, write_report
+        from vicreg_lightning.report.source import default_out, load_for_report
+
+        options = report_options(**args)
+        encoder = load_for_report(source, data_name, data_root)
+        out = out or default_out(encoder)
+        numbers = write_report(encoder, out, options)
+    print(f"wrote {out / 'report.md'}, report.html, report.json and {len(FIGURES)} figures "
+          f"({numbers['seconds']:.0f} s)")
+    return 0
+
+
+def sweep_summary(argv: list[str] | None = None) -> int:
+    """``vicreg-sweep-summary <multirun dir> [--out DIR]``: the jobs of a ``-m`` sweep ranked, and a
+    plot of the objective against each swept key (:mod:`vicreg_lightning.sweep_summary`)."""
+    parser = argparse.ArgumentParser(description="Summarise a Hydra multirun (-m) sweep of train.py.")
+    parser.add_argument("sweep_dir", type=Path, help="a multirun directory (outputs/<task>/multiruns/<time>)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep directory)")
+    args = parser.parse_args(argv)
+    out = args.out or args.sweep_dir
+    with user_errors_exit():
+        from vicreg_lightning.sweep_summary import read_sweep, write_summary
+
+        paths = write_summary(read_sweep(args.sweep_dir), out)
+    print(out.joinpath("summary.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def search(argv: list[str] | None = None) -> None:
+    """``vicreg-search [--workers K] [override ...]``: a hyper-parameter search with K parallel
+    trials on this machine (:mod:`vicreg_lightning.hparams_search.workers`)."""
+    parser = argparse.ArgumentParser(description="Parallel trials of a hyper-parameter search on one machine.",
+                                     usage="vicreg-search [--workers K] [override ...]")
+    parser.add_argument("--workers", type=int, default=None, help="parallel trials (default: one per GPU, else 1)")
+    args, overrides = parser.parse_known_args(argv)
+    workers = args.workers
+    if workers is None:
+        from vicreg_lightning.hparams_search.workers import available_devices
+
+        devices, kind = available_devices()
+        workers = devices if kind == "GPUs" else 1
+    sys.argv = [sys.argv[0], "-m", "hparams_search=vicreg_optuna", f"hydra.sweeper.workers={workers}", *overrides]
+    train()

@@ -26,7 +26,7 @@
     [1, 1, 1, 1])``. :func:`load_encoder` does all of this.
 ``expander.pt``
     The expander's ``state_dict`` (``Linear-BN-ReLU`` × (k−1), then ``Linear`` without bias), for
-    :func:`vicreg_lightning.models.build_expander` with the ``expander`` spec of ``vicreg.json``.
+    :func:`vicreg_lightning.expander.build_expander` with the ``expander`` spec of ``vicreg.json``.
 ``vicreg.json``
     What the weights are: architecture (``arch``; ``backbone``, ``backbone_kwargs``, ``pool``,
     ``image_size`` as configured; ``timm``), stem, feature and embedding widths, the training data and
@@ -36,9 +36,9 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,11 +48,12 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import vicreg_lightning
-from vicreg_lightning.cli import user_errors_exit
+from vicreg_lightning.backbones import Backbone, backbone_arch, build_backbone
+from vicreg_lightning.choices import backbone_kind, parse_expander_spec
 from vicreg_lightning.errors import UserError
-from vicreg_lightning.backbones import Backbone, backbone_arch, backbone_kind, build_backbone
-from vicreg_lightning.models import build_expander, parse_expander_spec, weight_mismatches
+from vicreg_lightning.expander import build_expander
 from vicreg_lightning.run_dir import CHECKPOINT_DIR, METRICS_FILE, read_torch_file, run_dir_of
+from vicreg_lightning.weights import weight_mismatches
 
 BACKBONE_FILE = "backbone.pt"
 EXPANDER_FILE = "expander.pt"
@@ -270,21 +271,7 @@ def _load_exactly(module: nn.Module, state_dict: Mapping[str, Any], mismatch: st
     module.load_state_dict(state_dict, strict=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m vicreg_lightning.export",
-        description="Write backbone.pt, expander.pt and vicreg.json of pretrained VICReg weights.",
-    )
-    parser.add_argument("weights", help="a training checkpoint (.ckpt), a run directory or an export folder")
-    parser.add_argument("out_dir", help="the export folder to create")
-    args = parser.parse_args(argv)
-    with user_errors_exit():
-        out_dir = export(args.weights, args.out_dir)
-        info = json.loads((out_dir / SIDECAR_FILE).read_text())
-        stem = ", 3x3 stem" if info["small_stem"] else ""
-        print(f"Exported {info['arch']}{stem} ({info['feature_dim']}-d features) to {out_dir}: "
-              f"{BACKBONE_FILE}, {EXPANDER_FILE}, {SIDECAR_FILE}")
+if __name__ == "__main__":  # python -m vicreg_lightning.export: the vicreg-export command
+    from vicreg_lightning.cli import export as export_command
 
-
-if __name__ == "__main__":
-    main()
+    sys.exit(export_command())

@@ -54,9 +54,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vicreg_lightning.choices import WEIGHTINGS
 
-Weighting = Literal["official", "paper"]
-WEIGHTINGS: tuple[str, ...] = ("official", "paper")
+Weighting = Literal["official", "paper"]  # one of WEIGHTINGS
 
 
 @dataclass

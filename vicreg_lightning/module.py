@@ -18,8 +18,8 @@ from vicreg_lightning.data.catalog import UNLABELED
 from vicreg_lightning.divergence import DivergenceWatch
 from vicreg_lightning.loss import VICRegLoss, VICRegLossOutput
 from vicreg_lightning.micro_batch import micro_batched_step
-from vicreg_lightning.models import build_expander
-from vicreg_lightning.optim import build_optimizer, scaled_lr, warmup_cosine
+from vicreg_lightning.expander import build_expander
+from vicreg_lightning.optim import build_optimizer
 from vicreg_lightning.resume import capture_rng_states, restore_rng_states
 
 
@@ -66,7 +66,8 @@ class VICRegModule(pl.LightningModule):
     Args:
         model: the ``conf/model`` section (backbone, expander, speed settings).
         loss: keyword arguments of :class:`~vicreg_lightning.loss.VICRegLoss` (``conf/loss``).
-        optim: ``name``, ``base_lr``, ``weight_decay``, ... (``conf/optim``).
+        optim: the ``conf/optim`` section: keyword arguments of
+            :func:`~vicreg_lightning.optim.build_optimizer`, and ``clip_grad_norm``.
         num_classes: classes of the probe.
         batch_size: the global batch, for ``lr = base_lr · batch / 256``.
         image_size: the views' crop size (``augment.size``), which some backbones are built for.
@@ -243,31 +244,15 @@ class VICRegModule(pl.LightningModule):
             torch.nn.utils.clip_grad_norm_(encoder, max_norm)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optim = self.hparams.optim
-        optimizer = build_optimizer(
-            optim["name"],
-            encoder=nn.ModuleList([self.backbone, self.expander]),
-            probe=self.probe,
-            lr=scaled_lr(optim["base_lr"], self.hparams.batch_size),
-            probe_lr=optim["probe_lr"],
-            weight_decay=optim["weight_decay"],
-            momentum=optim["momentum"],
-            eta=optim["eta"],
-            betas=tuple(optim["betas"]),
-            exclude_bias_and_norm=optim["exclude_bias_and_norm"],
-        )
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = total_steps / max(1, self.trainer.max_epochs or 1)
-        warmup_steps = round(optim["warmup_epochs"] * steps_per_epoch)
-        end_lr_ratio = optim["end_lr_ratio"]
-
-        def encoder_factor(step: int) -> float:
-            return warmup_cosine(step, total_steps, warmup_steps, end_lr_ratio)
-
-        def probe_factor(step: int) -> float:
-            # The probe reads detached features: nothing to warm up, so cosine from the first step.
-            return warmup_cosine(step, total_steps, 0, end_lr_ratio)
-
-        factors = [encoder_factor] * (len(optimizer.param_groups) - 1) + [probe_factor]
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+        # conf/optim is build_optimizer's keyword arguments, but for the clip (configure_gradient_clipping).
+        settings = {key: value for key, value in self.hparams.optim.items() if key != "clip_grad_norm"}
+        optimizer, schedule = build_optimizer(
+            nn.ModuleList([self.backbone, self.expander]),
+            self.probe,
+            global_batch_size=self.hparams.batch_size,
+            total_steps=total_steps,
+            steps_per_epoch=total_steps / max(1, self.trainer.max_epochs or 1),
+            **settings,
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -10,12 +10,12 @@ own lr, no weight decay, no LARS adaptation) so that adding it leaves the encode
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
-OPTIMIZERS: tuple[str, ...] = ("lars", "sgd", "adamw")
+from vicreg_lightning.choices import OPTIMIZERS
 
 
 class LARS(torch.optim.Optimizer):
@@ -101,18 +101,33 @@ def encoder_param_groups(
 
 
 def build_optimizer(
-    name: str,
     encoder: nn.Module,
     probe: nn.Module,
-    lr: float,
+    *,
+    global_batch_size: int,
+    total_steps: int,
+    steps_per_epoch: float,
+    name: str,
+    base_lr: float,
     probe_lr: float,
     weight_decay: float,
-    momentum: float = 0.9,
-    eta: float = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
-    exclude_bias_and_norm: bool = True,
-) -> torch.optim.Optimizer:
-    """One optimiser over the encoder groups plus the probe's own group."""
+    momentum: float,
+    eta: float,
+    betas: Sequence[float],
+    exclude_bias_and_norm: bool,
+    warmup_epochs: float,
+    end_lr_ratio: float,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """The optimiser of ``conf/optim`` and its lr schedule, stepped every iteration. The group's keys
+    are the keyword arguments, all but ``clip_grad_norm`` (a gradient clip, which
+    :class:`~vicreg_lightning.module.VICRegModule` applies).
+
+    One optimiser over the encoder's parameter groups (:func:`encoder_param_groups`) at
+    ``lr = base_lr · global_batch_size / 256`` plus the probe's own group at ``probe_lr`` (no weight
+    decay, no LARS adaptation), so that adding the probe leaves the encoder's update as it is. The
+    encoder's lr warms up linearly over ``warmup_epochs`` and then decays (:func:`warmup_cosine`);
+    the probe's decays from the first step: it reads detached features, nothing to warm up."""
+    lr = scaled_lr(base_lr, global_batch_size)
     groups = encoder_param_groups(encoder, weight_decay, exclude_bias_and_norm)
     for g in groups:
         g["lr"] = lr
@@ -120,15 +135,27 @@ def build_optimizer(
         {"params": list(probe.parameters()), "lr": probe_lr, "weight_decay": 0.0, "lars_adaptation": False}
     )
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum, eta=eta)
-    # Plain optimisers do not know the LARS flag; drop it so their state dicts stay standard.
-    for g in groups:
-        g.pop("lars_adaptation")
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
-    raise ValueError(f"optim.name={name!r}: choose one of {', '.join(OPTIMIZERS)}")
+        optimizer: torch.optim.Optimizer = LARS(groups, lr=lr, momentum=momentum, eta=eta)
+    else:
+        # Plain optimisers do not know the LARS flag; drop it so their state dicts stay standard.
+        for g in groups:
+            g.pop("lars_adaptation")
+        if name == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum)
+        elif name == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+        else:
+            raise ValueError(f"optim.name={name!r}: choose one of {', '.join(OPTIMIZERS)}")
+    warmup_steps = round(warmup_epochs * steps_per_epoch)
+
+    def encoder_factor(step: int) -> float:
+        return warmup_cosine(step, total_steps, warmup_steps, end_lr_ratio)
+
+    def probe_factor(step: int) -> float:
+        return warmup_cosine(step, total_steps, 0, end_lr_ratio)
+
+    factors = [encoder_factor] * (len(optimizer.param_groups) - 1) + [probe_factor]
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, end_lr_ratio: float) -> float:

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from vicreg_lightning.errors import ConfigError
-from vicreg_lightning.models import weight_mismatches
+from vicreg_lightning.weights import weight_mismatches
 from vicreg_lightning.run_dir import HPC_CHECKPOINT_GLOB, read_torch_file
 
 LAST_CHECKPOINT = "last"

@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vicreg_lightning.errors import ConfigError, RunDirRefused, UserError
+from vicreg_lightning.errors import RunDirRefused, UserError
 
 METRICS_FILE = "metrics.json"
 FAILURE_FILE = "failure.json"

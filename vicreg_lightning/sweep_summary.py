@@ -10,7 +10,6 @@ the sweeps of any launcher.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -184,21 +183,7 @@ def plot_objective(jobs: list[Job], out_dir: Path) -> list[Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", type=Path, help="a multirun directory (outputs/<task>/multiruns/<time>)")
-    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep directory)")
-    args = parser.parse_args(argv)
-    try:
-        jobs = read_sweep(args.sweep_dir)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    paths = write_summary(jobs, args.out or args.sweep_dir)
-    print((args.out or args.sweep_dir).joinpath("summary.md").read_text())
-    print("wrote " + ", ".join(str(p) for p in paths))
-    return 0
+if __name__ == "__main__":  # python -m vicreg_lightning.sweep_summary: the vicreg-sweep-summary command
+    from vicreg_lightning.cli import sweep_summary
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(sweep_summary())

@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from vicreg_lightning.callbacks.preemption import CheckpointOnPreemption
 from vicreg_lightning import slurm
 from vicreg_lightning.checkpoint_io import AtomicCheckpointIO
-from vicreg_lightning.backbones import backbone_kind, uses_small_stem
+from vicreg_lightning.backbones import uses_small_stem
+from vicreg_lightning.choices import backbone_kind
 from vicreg_lightning.config import check_config, check_trainer_arguments, instantiate_entry
 from vicreg_lightning.data.catalog import inspect_data
 from vicreg_lightning.data.datamodule import VICRegDataModule, per_device_batch_size

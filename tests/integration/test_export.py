@@ -19,7 +19,8 @@ from torchvision.models.resnet import BasicBlock, ResNet
 import vicreg_lightning
 from tests.runs import ROOT
 from vicreg_lightning.errors import UserError
-from vicreg_lightning.export import export, load_encoder, main
+from vicreg_lightning.cli import export as export_command
+from vicreg_lightning.export import export, load_encoder
 from vicreg_lightning.backbones import build_resnet
 
 
@@ -62,7 +63,7 @@ def test_export_loads_into_torchvision_with_the_same_features(request, tmp_path,
     run_dir: Path = request.getfixturevalue(run)
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
     out = tmp_path / "export"
-    main([str(checkpoint), str(out)])  # python -m vicreg_lightning.export <checkpoint> <out dir>, in-process
+    export_command([str(checkpoint), str(out)])  # python -m vicreg_lightning.export <checkpoint> <out dir>, in-process
     assert f"Exported {arch}" in capsys.readouterr().out
 
     model = torchvision_resnet(arch, small_stem)
@@ -133,10 +134,10 @@ def _mkdir(path: Path) -> Path:
 
 @pytest.mark.parametrize("make,message", [(m, s) for _, m, s in BAD_INPUT], ids=[i for i, _, _ in BAD_INPUT])
 def test_bad_input_gets_one_clear_line(tiny_digits_run, tmp_path, capsys, make, message):
-    """The command's main(), in-process (the subprocess below shows it is the same as a user's)."""
+    """The command (vicreg-export), in-process (the subprocess below shows it is the same as a user's)."""
     weights = make(tiny_digits_run, tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        main([str(weights), str(tmp_path / "out")])
+        export_command([str(weights), str(tmp_path / "out")])
     assert_one_error_line(exit_info.value.code, capsys.readouterr().err, message)
     assert not (tmp_path / "out").exists()
 
@@ -149,7 +150,7 @@ def test_an_output_folder_that_cannot_be_written_gets_one_clear_line(tiny_digits
     else:
         out, message = _write(tmp_path / "taken", b"a file"), "is a file, not a folder"
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tiny_digits_run), str(out)])
+        export_command([str(tiny_digits_run), str(out)])
     assert_one_error_line(exit_info.value.code, capsys.readouterr().err, message)
     assert where == "/proc" or out.read_bytes() == b"a file"
 
@@ -160,7 +161,7 @@ def test_an_export_never_replaces_a_file_it_did_not_write(tiny_digits_run, tmp_p
     _write(out / "backbone.pt", b"the user's own weights")
     _write(out / "notes.txt", b"kept")
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tiny_digits_run), str(out)])
+        export_command([str(tiny_digits_run), str(out)])
     assert_one_error_line(exit_info.value.code, capsys.readouterr().err,
                           "already holds backbone.pt, which the export would replace; choose a new folder")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == {"backbone.pt": b"the user's own weights",

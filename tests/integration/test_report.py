@@ -19,11 +19,11 @@ from omegaconf import OmegaConf
 
 from tests.runs import ROOT
 from vicreg_lightning.data.datasets import build_datasets
+from vicreg_lightning.cli import report as report_command
 from vicreg_lightning.report import (
     FAMILIES,
     FIGURES,
     load_for_report,
-    main,
     measure_invariance,
     untrained_twin,
 )
@@ -150,7 +150,7 @@ def test_invariance_table_marks_the_families_of_the_training_recipe(
 def test_bad_input_gets_one_line_and_exit_code_2(tmp_path: Path, tiny_digits_run: Path, capsys) -> None:
     for argv, expected in _bad_inputs(tmp_path, tiny_digits_run / "checkpoints" / "last.ckpt"):
         with pytest.raises(SystemExit) as exit_info:
-            main(argv)
+            report_command(argv)
         assert exit_info.value.code == 2, argv
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (argv, lines)

@@ -23,7 +23,7 @@ from vicreg_lightning.hparams_search.pruning import check_metric, logged_metrics
 from vicreg_lightning.hparams_search.space import parse_space
 from vicreg_lightning.hparams_search.study import (StudySettings, make_pruner, open_storage, open_study)
 from vicreg_lightning.hparams_search.workers import available_devices, check_workers
-from vicreg_lightning.sweep_summary import main as sweep_summary
+from vicreg_lightning.cli import sweep_summary
 
 
 SEARCH = [sys.executable, "-m", "vicreg_lightning.hparams_search.workers"]

@@ -17,7 +17,7 @@ import yaml
 
 from tests.runs import ROOT, TINY, train
 from tests.wandb_records import read_offline_run
-from vicreg_lightning.sweep_summary import main as sweep_summary
+from vicreg_lightning.cli import sweep_summary
 
 FAST_LOGS = ["trainer.log_every_n_steps=1", "callbacks.representation_health.every_n_steps=2"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.runs import compose_train
-from vicreg_lightning.cli import describe_error
+from vicreg_lightning.error_exit import describe_error
 
 
 def test_bad_overrides_are_described_in_one_line_in_process():

@@ -10,7 +10,7 @@ import inspect
 import pytest
 from omegaconf import MISSING, OmegaConf
 
-import vicreg_lightning.config
+import vicreg_lightning.config.schema
 import vicreg_lightning.data.datasets as datasets
 import vicreg_lightning.evaluate.config
 import vicreg_lightning.report.config
@@ -59,7 +59,7 @@ def test_the_edges_of_the_accepted_ranges_pass():
 
 def _schemas() -> list[type]:
     """Every dataclass of the modules that hold schemas: a new one is walked without being listed."""
-    modules = (vicreg_lightning.config, vicreg_lightning.evaluate.config, vicreg_lightning.report.config)
+    modules = (vicreg_lightning.config.schema, vicreg_lightning.evaluate.config, vicreg_lightning.report.config)
     return [cls for module in modules for _, cls in inspect.getmembers(module, dataclasses.is_dataclass)
             if cls.__module__ == module.__name__]
 

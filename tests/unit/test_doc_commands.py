@@ -280,7 +280,7 @@ COMMANDS = commands()
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[f"{c.page}:{c.line}" for c in COMMANDS])
 def test_every_command_in_the_docs_parses(command: Command) -> None:
-    from vicreg_lightning.cli import describe_error
+    from vicreg_lightning.error_exit import describe_error
 
     try:
         check(command)

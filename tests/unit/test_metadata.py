@@ -148,7 +148,7 @@ def test_the_threshold_section_audits_both_rules_per_group(tmp_path, grouping):
     probabilities[raised, 0] += torch.rand(int(raised.sum()), generator=torch.Generator().manual_seed(0)).double()
     doc = Document("test")
     numbers = thresholds_section(doc, Features(z, None, labels), probabilities.numpy(), [str(c) for c in range(10)],
-                                 groups, options, tmp_path)
+                                 groups, options, tmp_path)["thresholds"]
     assert (tmp_path / "thresholds.png").stat().st_size > 10_000
     assert numbers["groups"] == grouping and numbers["pairs"] == ("within" if groups else "involving")
     probe = {row["point"]: row for row in numbers["probe"]}["FPR 0.01"]
@@ -173,7 +173,7 @@ def test_two_sites_that_each_hold_one_class_leave_the_audits_nothing_to_compare(
     doc = Document("test")
     probabilities = torch.nn.functional.one_hot(labels[two], 2).double().numpy()
     numbers = thresholds_section(doc, Features(z[two], None, labels[two]), probabilities, ["0", "1"],
-                                 [groups[i] for i in two], report_options(groups_csv=str(csv)), tmp_path)
+                                 [groups[i] for i in two], report_options(groups_csv=str(csv)), tmp_path)["thresholds"]
     assert numbers["probe"] == [] and "No probe decision can be compared" in doc.markdown()
     # Within a site every pair is genuine: no group can be compared, and report.json gets None, not NaN.
     assert all(row["fmr_ratio"] is None and not row["flagged"] for row in numbers["operating_points"])

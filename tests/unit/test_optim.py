@@ -8,7 +8,15 @@ import pytest
 import torch
 from torch import nn
 
+from vicreg_lightning.config import preset
 from vicreg_lightning.optim import LARS, build_optimizer, encoder_param_groups, scaled_lr, warmup_cosine
+
+
+def optimizer(encoder: nn.Module, probe: nn.Module, *changes: str) -> torch.optim.Optimizer:
+    """conf/optim/lars.yaml with ``changes`` at lr = base_lr (a global batch of 256), without warmup."""
+    settings = preset("optim", "lars", "warmup_epochs=0", *changes)
+    del settings["clip_grad_norm"]  # VICRegModule's, not the optimiser's
+    return build_optimizer(encoder, probe, global_batch_size=256, total_steps=100, steps_per_epoch=10, **settings)[0]
 
 
 def test_lars_step_matches_hand_computation():
@@ -37,7 +45,7 @@ def test_bias_and_norm_parameters_are_excluded():
 
 def test_probe_has_its_own_group_without_adaptation():
     encoder, probe = nn.Linear(4, 8), nn.Linear(8, 3)
-    opt = build_optimizer("lars", encoder, probe, lr=0.4, probe_lr=0.1, weight_decay=1e-6)
+    opt = optimizer(encoder, probe, "base_lr=0.4", "probe_lr=0.1", "weight_decay=1e-6")
     probe_group = opt.param_groups[-1]
     assert probe_group["lr"] == 0.1 and probe_group["lars_adaptation"] is False
     assert probe_group["weight_decay"] == 0.0
@@ -59,7 +67,8 @@ def test_probe_does_not_change_the_encoder_update():
         if with_probe_grad:
             for p in probe.parameters():
                 p.grad = 100 * torch.ones_like(p)
-        build_optimizer("lars", enc, probe, lr=0.4, probe_lr=0.1, weight_decay=1e-6).step()
+        opt = optimizer(enc, probe, "base_lr=0.4", "probe_lr=0.1", "weight_decay=1e-6")
+        opt.step()  # held: the schedule tracks opt.step through a weak reference
         return [p.detach().clone() for p in enc.parameters()]
 
     for a, b in zip(step(False), step(True), strict=True):
@@ -68,14 +77,17 @@ def test_probe_does_not_change_the_encoder_update():
 
 @pytest.mark.parametrize("name,cls", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
 def test_other_optimizers(name, cls):
-    opt = build_optimizer(name, nn.Linear(4, 8), nn.Linear(8, 3), lr=0.4, probe_lr=0.1, weight_decay=0.05)
+    opt = optimizer(nn.Linear(4, 8), nn.Linear(8, 3), f"name={name}", "weight_decay=0.05")
     assert isinstance(opt, cls)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0, 0.0]
 
 
 def test_unknown_optimizer():
+    settings = {**preset("optim", "lars"), "name": "adam"}
+    del settings["clip_grad_norm"]
     with pytest.raises(ValueError, match="optim.name='adam'"):
-        build_optimizer("adam", nn.Linear(2, 2), nn.Linear(2, 2), lr=0.1, probe_lr=0.1, weight_decay=0)
+        build_optimizer(nn.Linear(2, 2), nn.Linear(2, 2), global_batch_size=256, total_steps=10, steps_per_epoch=1,
+                        **settings)
 
 
 def test_warmup_cosine_values():

@@ -17,7 +17,7 @@ from vicreg_lightning.data.catalog import MAX_DEFAULT_WORKERS
 from vicreg_lightning.data.datasets import KeyedSamples, TensorImages, Transformed, build_datasets
 from vicreg_lightning.data.sampler import EpochSampler, position
 from vicreg_lightning.errors import ConfigError, DataError
-from vicreg_lightning.models import available_memory
+from vicreg_lightning.memory import available_memory
 
 
 def ignore_stop_signals(worker_id: int) -> None:

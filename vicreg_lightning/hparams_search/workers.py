@@ -10,10 +10,8 @@ once its checks have passed, so they start without importing anything again.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
-import sys
 from collections.abc import Callable
 
 from vicreg_lightning.errors import ConfigError
@@ -78,20 +76,7 @@ def run_workers(workers: int, work: Callable[[int], None]) -> list[int]:
     return [proc.exitcode for proc in procs]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     usage="vicreg-search [--workers K] [override ...]")
-    parser.add_argument("--workers", type=int, default=None, help="parallel trials (default: one per GPU, else 1)")
-    args, overrides = parser.parse_known_args(argv)
-    from vicreg_lightning.cli import train
+if __name__ == "__main__":  # python -m vicreg_lightning.hparams_search.workers: the vicreg-search command
+    from vicreg_lightning.cli import search
 
-    workers = args.workers
-    if workers is None:
-        devices, kind = available_devices()
-        workers = devices if kind == "GPUs" else 1
-    sys.argv = [sys.argv[0], "-m", "hparams_search=vicreg_optuna", f"hydra.sweeper.workers={workers}", *overrides]
-    train()
-
-
-if __name__ == "__main__":
-    main()
+    search()

@@ -42,19 +42,18 @@ at ``--max-samples`` images (a seeded random subset), the invariance measurement
 :data:`~vicreg_lightning.report.thresholds.THRESHOLD_MAX_SAMPLES`. No matrix is larger than
 ``D×D``, ``N×N`` or ``N×classes`` for the capped ``N``.
 
-The package: :mod:`.source` (what the report reads), :mod:`.metadata` (groups from a CSV),
-:mod:`.invariance`, :mod:`.discarded`, :mod:`.groups`, :mod:`.probes` (the measurements; the pure
-metrics are :mod:`vicreg_lightning.metrics`), :mod:`.figures`, :mod:`.document` (how they are
-shown), :mod:`.thresholds` and :mod:`.sections` (the report's sections, :func:`write_report`) and
-:mod:`.__main__` (the command line).
+The package: :mod:`.source` (what the report reads), :mod:`.metadata` (groups from a CSV), one
+module per section, each with its measurement, table, figure and keys of ``report.json``
+(:mod:`.health`, :mod:`.probes`, :mod:`.invariance`, :mod:`.discarded`, :mod:`.thresholds`,
+:mod:`.groups`; the pure metrics are :mod:`vicreg_lightning.metrics`), :mod:`.plotting` and
+:mod:`.document` (how they are shown), :mod:`.write` (:func:`write_report`: the sections in
+turn) and :mod:`.__main__` (``python -m``; the command line is :func:`vicreg_lightning.cli.report`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from vicreg_lightning.report.document import Document
-from vicreg_lightning.report.figures import CORRELATION_BLOCK, STD_THRESHOLD
+from vicreg_lightning.report.health import CORRELATION_BLOCK, STD_THRESHOLD
 from vicreg_lightning.report.groups import GroupStats, group_stability
 from vicreg_lightning.report.invariance import (
     FAMILIES,
@@ -67,7 +66,7 @@ from vicreg_lightning.report.invariance import (
 )
 from vicreg_lightning.report.probes import KNN_K, KNN_TEMPERATURE, TSNE_MAX_POINTS, linear_probe, two_d_map
 from vicreg_lightning.report.config import ReportOptions, report_options
-from vicreg_lightning.report.sections import FIGURES, write_report
+from vicreg_lightning.report.write import FIGURES, write_report
 from vicreg_lightning.report.source import (
     SPACES,
     LoadedEncoder,
@@ -78,23 +77,11 @@ from vicreg_lightning.report.source import (
     untrained_twin,
 )
 
-if TYPE_CHECKING:
-    from vicreg_lightning.report.__main__ import main
-
 __all__ = [
     "CORRELATION_BLOCK", "FAMILIES", "FIGURES", "KNN_K", "KNN_TEMPERATURE", "SPACES",
     "STD_THRESHOLD", "TSNE_MAX_POINTS", "Document", "Encoder", "FamilyInvariance", "GroupStats",
     "LoadedEncoder", "RecipeEntry", "ReportOptions", "capped", "default_out", "extract",
-    "group_stability", "linear_probe", "load_for_report", "main", "measure_invariance", "report_options",
+    "group_stability", "linear_probe", "load_for_report", "measure_invariance", "report_options",
     "single_family_view", "training_recipe", "two_d_map", "untrained_twin", "write_report",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    # main is imported on first use: imported here, eagerly, __main__ would already be in sys.modules when
-    # ``python -m vicreg_lightning.report`` runs it, and runpy warns about that.
-    if name == "main":
-        from vicreg_lightning.report.__main__ import main
-
-        return main
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,7 @@ MAP_METHODS = ("auto", "tsne", "pca")
 
 @dataclass
 class ReportOptions:
-    """What :func:`~vicreg_lightning.report.sections.write_report` evaluates on, and how much of it."""
+    """What :func:`~vicreg_lightning.report.write.write_report` evaluates on, and how much of it."""
 
     domain_name: Optional[str] = MISSING
     domain_root: Optional[str] = MISSING

@@ -21,9 +21,15 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from vicreg_lightning.data.augment import eval_resize
+from vicreg_lightning.data.catalog import UNLABELED
 from vicreg_lightning.features import encode
+from vicreg_lightning.report.config import ReportOptions
+from vicreg_lightning.report.document import Document, fmt
+from vicreg_lightning.report.invariance import Encoder, training_recipe
+from vicreg_lightning.report.source import LoadedEncoder, architecture_known, untrained_twin
 
 KEPT_MIN = 0.5
 DISCARDED_BELOW = 0.1
@@ -195,3 +201,35 @@ def representations(encoders: Mapping[str, tuple[torch.nn.Module, torch.nn.Modul
         if expander is not None:
             found[f"{name} embeddings"] = partial(represent, space=1)
     return found
+
+
+def discarded_section(doc: Document, encoder: LoadedEncoder, images: Dataset, options: ReportOptions,
+                      device: torch.device) -> dict[str, Any]:
+    """Linear read-outs of each nuisance attribute the recipe varies, from pixels, features, embeddings
+    and the untrained twin: the table and the ``discarded`` key."""
+    doc.heading("What is discarded: linear read-outs of each nuisance attribute")
+    aug = encoder.augment
+    reference, labels = reference_images(images, aug, options.invariance_samples)
+    greyscale = bool((reference[:, :1] == reference[:, 1:]).all())  # saturation and hue mean nothing then
+    attributes = attributes_of_recipe([entry.family for entry in training_recipe(aug) if entry.trained], greyscale)
+    encoders: dict[str, Encoder] = {"trained": (encoder.backbone, encoder.expander)}
+    if options.baseline and architecture_known(encoder.info):
+        backbone, _ = untrained_twin(encoder.info, options.seed)
+        encoders["untrained"] = (backbone, None)
+    spaces = representations(encoders, aug, device, options.batch_size)
+    labelled = labels != UNLABELED
+    table = discarded_information(spaces, reference, labels if bool(labelled.all()) else None, attributes,
+                                  options.seed)
+    rows = [[attribute, row["pixels"]["metric"],
+             *[f"{fmt(cell['score'])} ({cell['label']})" for cell in row.values()]] for attribute, row in table.items()]
+    doc.table(["attribute", "read-out", *spaces], rows)
+    doc.text(f"On {len(reference)} validation images, each made into one variant with a random value of the "
+             "attribute (brightness, contrast, saturation: factors; hue: shift; blur: Gaussian sigma in px; flip: "
+             "yes/no; crop scale: area kept; crop position: left to right), for the attributes the training recipe "
+             "varies. Read-out: ridge regression (R², continuous values; centred inputs) or logistic regression "
+             "(accuracy: flip, class; standardised inputs), 5-fold cross-validated. Decodability: R² clipped at 0, or accuracy "
+             f"rescaled so that chance is 0; kept ≥ {KEPT_MIN}, discarded < {DISCARDED_BELOW}, reduced between. "
+             "Pixels: the images average-pooled to at most 32 px. Untrained: the same architecture at random "
+             "initialisation.")
+    return {"discarded": {"attributes": attributes, "read_outs": table, "kept_min": KEPT_MIN,
+                          "discarded_below": DISCARDED_BELOW}}

@@ -5,8 +5,11 @@ an image and its transformed view (:func:`invariance`, :func:`measure_invariance
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 import torch
 from omegaconf import OmegaConf
@@ -17,6 +20,12 @@ from vicreg_lightning.data.augment import view_transform
 from vicreg_lightning.data.datasets import Transformed
 from vicreg_lightning.features import encode, make_loader
 from vicreg_lightning.metrics.invariance import InvarianceScore, invariance
+from vicreg_lightning.report.config import ReportOptions
+from vicreg_lightning.report.document import Document, fmt
+from vicreg_lightning.report.plotting import pyplot, save_figure
+from vicreg_lightning.report.source import SPACES, LoadedEncoder, architecture_known, untrained_twin
+
+FIGURES: tuple[str, ...] = ("invariance.png",)
 
 # The augmentation families of the recipe (vicreg_lightning.data.augment.view_transform), in its order.
 FAMILIES: tuple[str, ...] = ("crop", "flip", "jitter", "grayscale", "blur", "solarize")
@@ -148,3 +157,60 @@ def measure_invariance(
                       for space, values in transformed[name].items()}
             results[name][family] = FamilyInvariance(family, change, scores)
     return results
+
+
+def invariance_section(doc: Document, encoder: LoadedEncoder, images: Dataset, spaces: Sequence[str],
+                       options: ReportOptions, device: torch.device, workers: int, out: Path) -> dict[str, Any]:
+    """The training recipe and the measured invariance to each augmentation family, beside an untrained
+    twin's: the table, ``invariance.png`` and the ``recipe``, ``invariance`` and ``invariance_untrained`` keys."""
+    doc.heading('What counts as "same": augmentation recipe and measured invariance')
+    recipe = training_recipe(encoder.augment)
+    encoders: dict[str, Encoder] = {"trained": (encoder.backbone, encoder.expander)}
+    if options.baseline and architecture_known(encoder.info):
+        encoders["untrained"] = untrained_twin(encoder.info, options.seed)
+    results = measure_invariance(encoders, images, encoder.augment, device=device, batch_size=options.batch_size,
+                                 num_workers=workers, seed=options.seed)
+    measured, baseline = results["trained"], results.get("untrained")
+    plot_invariance(recipe, measured, baseline, out / "invariance.png")
+    rows = []
+    for entry in recipe:
+        family = measured[entry.family]
+        rows.append([entry.family, "yes" if entry.trained else "no", entry.probability, entry.parameters or "–",
+                     fmt(family.input_change), *[fmt(family.scores[s].score) for s in spaces],
+                     *([fmt(baseline[entry.family].scores["features"].score)] if baseline else [])])
+    doc.table(["family", "in training recipe", "probability", "parameters", "input change",
+               *[f"invariance ({space})" for space in spaces], *(["untrained (features)"] if baseline else [])], rows)
+    count = len(images)  # type: ignore[arg-type]
+    doc.text(f"On {count} validation images x: invariance = (sim_same − sim_unrelated) / "
+             "(1 − sim_unrelated), sim_same the mean cosine between f(x) and f(T(x)), sim_unrelated the mean "
+             "cosine between f(x) and f(y) over all pairs of different images, every vector centred on the mean "
+             "f(x) of the images (the part all images share says nothing about which image it is). "
+             "1: invariant; 0: T(x) is no closer "
+             "to x than another image is. T applies one family with probability 1 and the recipe's parameters; x "
+             "is the whole image at the training size. Input change: mean |T(x) − x| of the normalised pixels (0: "
+             "the family does nothing to these images). Untrained: an encoder of the same architecture at its "
+             "random initialisation.")
+    doc.figure("invariance.png", "Invariance per augmentation family ('trained': in the training recipe)")
+    return {"recipe": [asdict(e) for e in recipe], "invariance": {f: asdict(v) for f, v in measured.items()},
+            "invariance_untrained": {f: asdict(v) for f, v in baseline.items()} if baseline else None}
+
+
+def plot_invariance(
+    recipe: list[RecipeEntry], measured: dict[str, FamilyInvariance], baseline: dict[str, FamilyInvariance] | None,
+    path: Path,
+) -> None:
+    plt = pyplot()
+    series = [(f"{space}", measured, space) for space in SPACES if space in measured[FAMILIES[0]].scores]
+    if baseline is not None:
+        series.append(("features, untrained", baseline, "features"))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(series)
+    x = np.arange(len(recipe))
+    for s, (label, results, space) in enumerate(series):
+        ax.bar(x + (s - (len(series) - 1) / 2) * width, [results[e.family].scores[space].score for e in recipe],
+               width, label=label)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(x, [f"{e.family}\n(trained)" if e.trained else e.family for e in recipe])
+    ax.set(ylabel="invariance (1 = invariant, 0 = unrelated)", title="Invariance per augmentation family")
+    ax.legend()
+    save_figure(fig, path)

@@ -120,3 +120,8 @@ def default_out(encoder: LoadedEncoder) -> Path:
     if encoder.run_dir is not None:
         return encoder.run_dir / "report"
     return encoder.source / "report" if encoder.source.is_dir() else encoder.source.parent / "report"
+
+
+def architecture_known(info: dict[str, Any]) -> bool:
+    """Whether ``info`` says enough to rebuild the architecture (:func:`untrained_twin`)."""
+    return all(key in info for key in ("arch", "small_stem", "expander"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -25,20 +25,22 @@ from vicreg_lightning.metrics.thresholds import (
     share_at_or_above,
 )
 from vicreg_lightning.report.config import ReportOptions
-from vicreg_lightning.report.document import Document, _fmt
-from vicreg_lightning.report.figures import Panel, _plot_thresholds
+from vicreg_lightning.report.document import Document, fmt
+from vicreg_lightning.report.plotting import pyplot, save_figure
 
 # Pairs grow as N²: the same-item audit reads a seeded draw of at most this many validation images.
 THRESHOLD_MAX_SAMPLES = 2000
 PLOTTED_GROUPS = 12  # the figure's curves: the groups with the most false matches at the 1% point
 TABLE_GROUPS = 30  # groups listed in the per-group table (the others are in report.json)
 ONE_PERCENT = OPERATING_POINTS.index(0.01)  # the operating point of the figure and the per-group table
+FIGURES: tuple[str, ...] = ("thresholds.png",)
 
 
 def thresholds_section(doc: Document, val: Features, probabilities: np.ndarray, names: Sequence[str],
                        groups: Sequence[str] | None, options: ReportOptions, out: Path) -> dict[str, Any]:
     """Both audits on the labelled validation images, grouped by ``groups`` (one name per image of
-    ``val``, from ``--groups-csv``) or, when None, by class."""
+    ``val``, from ``--groups-csv``) or, when None, by class: the section, ``thresholds.png`` and the
+    ``thresholds`` key of report.json."""
     doc.heading("Hidden threshold rules: one threshold, per group")
     labelled = torch.nonzero(val.labels != UNLABELED).flatten()
     if groups is None:
@@ -66,7 +68,7 @@ def thresholds_section(doc: Document, val: Features, probabilities: np.ndarray, 
     plotted = sorted(at_one_percent, key=lambda name: -(at_one_percent[name]["fmr"] or 0))[:PLOTTED_GROUPS]
     cosines = torch.linspace(-1, 1, 401)
     every_pair, per_group = fmr_curves(scored, drawn_groups, cosines, pairs=pairs, only=plotted)
-    _plot_thresholds(Panel(cosines, every_pair, per_group, match),
+    plot_thresholds(Panel(cosines, every_pair, per_group, match),
                      _decision_panel(decision, scores, val.labels[labelled], decision_groups),
                      names[int(decision[ONE_PERCENT]["worst_class"])] if decision else "", out / "thresholds.png")
 
@@ -98,9 +100,10 @@ def thresholds_section(doc: Document, val: Features, probabilities: np.ndarray, 
     _group_table(doc, match[ONE_PERCENT], decision[ONE_PERCENT] if decision else None, names)
     doc.figure("thresholds.png", "Per group: false-match rate against the cosine threshold, and false-positive "
                "rate of the probe's worst decision at FPR 1% against its threshold")
-    return {"space": space, "groups": "metadata" if options.groups_csv else "classes",
-            "groups_csv": options.groups_csv, "pairs": pairs, "samples": len(z), "bound": options.threshold_bound,
-            "operating_points": match, "probe_samples": len(labelled), "probe": decision}
+    return {"thresholds": {"space": space, "groups": "metadata" if options.groups_csv else "classes",
+                           "groups_csv": options.groups_csv, "pairs": pairs, "samples": len(z),
+                           "bound": options.threshold_bound, "operating_points": match,
+                           "probe_samples": len(labelled), "probe": decision}}
 
 
 def _decision_panel(decision: list[dict], scores: Tensor, labels: Tensor, groups: Sequence[str]) -> Panel | None:
@@ -128,15 +131,15 @@ def _group_cell(row: dict[str, Any], name: str | None, rate: str) -> str:
         return "–"
     group = row["groups"][name]
     counts = f": {group['false_positives']} of {group['negatives']}" if "negatives" in group else ""
-    return f"{name} ({_fmt(group[rate])}{counts})"
+    return f"{name} ({fmt(group[rate])}{counts})"
 
 
 def _match_table(doc: Document, audit: list[dict]) -> None:
     doc.table(["operating point", "threshold", "FMR (all)", "TMR (all)", "worst group (FMR)", "best group (FMR)",
                "worst / best", "by chance", "flagged"],
-              [[row["point"], _fmt(row["threshold"]), _fmt(row["global_fmr"]), _fmt(row["global_tmr"]),
-                _group_cell(row, row["worst"], "fmr"), _group_cell(row, row["best"], "fmr"), _fmt(row["fmr_ratio"], 2),
-                _fmt(row["chance_ratio"], 2), "**yes**" if row["flagged"] else ""] for row in audit])
+              [[row["point"], fmt(row["threshold"]), fmt(row["global_fmr"]), fmt(row["global_tmr"]),
+                _group_cell(row, row["worst"], "fmr"), _group_cell(row, row["best"], "fmr"), fmt(row["fmr_ratio"], 2),
+                fmt(row["chance_ratio"], 2), "**yes**" if row["flagged"] else ""] for row in audit])
 
 
 def _decision_table(doc: Document, audit: list[dict], names: Sequence[str]) -> None:
@@ -145,7 +148,7 @@ def _decision_table(doc: Document, audit: list[dict], names: Sequence[str]) -> N
               [[row["point"], f"{row['flagged_decisions']} of {row['decisions']}",
                 f"class {names[int(row['worst_class'])]}", f"{row['threshold']:.3g}",
                 _group_cell(row, row["worst"], "fpr"), _group_cell(row, row["best"], "fpr"),
-                _fmt(row["fpr_ratio"], 2), _fmt(row["chance_ratio"], 2), "**yes**" if row["flagged"] else ""]
+                fmt(row["fpr_ratio"], 2), fmt(row["chance_ratio"], 2), "**yes**" if row["flagged"] else ""]
                for row in audit])
 
 
@@ -156,9 +159,9 @@ def _group_table(doc: Document, match_point: dict[str, Any], probe_point: dict[s
     rows = []
     for name in shown:
         pair, probe = match_point["groups"][name], (probe_point or {}).get("groups", {}).get(name, {})
-        rows.append([name, probe.get("images", "–"), _fmt(pair["fmr"]), _fmt(pair["tmr"]),
-                     _fmt(probe.get("positive_rate")), _fmt(probe.get("error_rate")),
-                     _fmt(probe.get("mean_error_rate"))])
+        rows.append([name, probe.get("images", "–"), fmt(pair["fmr"]), fmt(pair["tmr"]),
+                     fmt(probe.get("positive_rate")), fmt(probe.get("error_rate")),
+                     fmt(probe.get("mean_error_rate"))])
     doc.table(["group", "images", "FMR", "TMR", f"probe 'class {c}': positive rate", "error rate",
                "probe: mean error rate (all decisions)"], rows)
     more = f" (the {TABLE_GROUPS} with the highest FMR; every group is in report.json)" if len(match_point["groups"]) \
@@ -166,3 +169,43 @@ def _group_table(doc: Document, match_point: dict[str, Any], probe_point: dict[s
     doc.text(f"Per group at the 1% operating points{more}: the same-item rule's FMR and TMR, and the probe's "
              f"decision 'class {c}' (the worst at FPR 1%): the share of the group's images decided positive and "
              "decided wrongly; the last column averages the group's error rate over every class's decision.")
+
+
+class Panel(NamedTuple):
+    """One panel of ``thresholds.png``: a rate against the threshold, for every pair or image and
+    per group, and the audit's thresholds (dicts with ``threshold`` and ``flagged``)."""
+
+    thresholds: Tensor
+    overall: Tensor
+    groups: dict[str, Tensor]
+    lines: list[dict]
+
+
+def plot_thresholds(match: Panel, decision: Panel | None, decision_class: str, path: Path) -> None:
+    """Left: each group's false-match rate against the cosine threshold; right: each group's
+    false-positive rate against the probe's threshold for one class's decision; log scales, the
+    audits' thresholds as vertical lines (red: flagged)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    groups = sorted({name for panel in (match, decision) if panel for name in panel.groups})
+    palette = plt.get_cmap("tab20")
+    colour = {name: palette(i % 20) for i, name in enumerate(groups)}  # a group has one colour in both panels
+    for ax, panel, xscale, xlabel, ylabel, title in (
+        (axes[0], match, "linear", "cosine threshold (same item if cosine ≥ t)", "false-match rate",
+         "Same-item rule: false-match rate per group"),
+        (axes[1], decision, "log", f"probe probability threshold (class {decision_class} if p ≥ t)",
+         "false-positive rate", f"Probe decision 'class {decision_class}': false-positive rate per group"),
+    ):
+        if panel is None:
+            ax.text(0.5, 0.5, "no probe decision to compare across these groups", ha="center", va="center")
+            ax.set_axis_off()
+            continue
+        x = panel.thresholds.numpy()
+        ax.plot(x, panel.overall.clamp(min=1e-5).numpy(), color="black", linewidth=2.5, label="all")
+        for name, rate in panel.groups.items():
+            ax.plot(x, rate.clamp(min=1e-5).numpy(), color=colour[name], linewidth=1, alpha=0.8, label=name)
+        for row in panel.lines:
+            ax.axvline(row["threshold"], color="red" if row["flagged"] else "grey", linestyle=":", linewidth=1)
+        ax.set(xscale=xscale, yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+        ax.legend(fontsize=6, ncol=2)
+    save_figure(fig, path)

@@ -1,12 +1,6 @@
-"""The config schema of ``train.py`` and its checks.
-
-The schema says what each key is (its type); the YAML under ``conf/`` is the only place a value is
-written, so no field here has a default (``MISSING``). :func:`register_schemas` registers one
-structured config per group as ``schema/<group>``, which each preset of ``conf/`` starts from
-(``defaults: [/schema/<group>@_here_, ...]``): Hydra checks every key and type as it composes.
-:func:`check_config` then checks the whole composed config: the root keys, no value left out
-(``???``), and each section's values (:func:`check_sections`, also used by eval and the report),
-naming the key and what it should be. It changes nothing, and runs before any data is read.
+"""The config's checks: the composed config merged into its schema (:mod:`.schema`), then every
+section's values, naming the key and what it should be. They change nothing, and run before any
+data is read or torch is imported (the names a value is checked against: :mod:`vicreg_lightning.choices`).
 """
 
 from __future__ import annotations
@@ -15,184 +9,15 @@ import dataclasses
 import inspect
 import math
 import typing
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from vicreg_lightning.choices import OPTIMIZERS, POOLS, VIEWS_FORWARD, WEIGHTINGS, backbone_kind, parse_expander_spec
+from vicreg_lightning.config.schema import SCHEMAS, TrainConfig
 from vicreg_lightning.data.catalog import DATASETS
 from vicreg_lightning.errors import ConfigError
-from vicreg_lightning.loss import WEIGHTINGS
-from vicreg_lightning.backbones import POOLS, backbone_kind
-from vicreg_lightning.models import parse_expander_spec
-from vicreg_lightning.optim import OPTIMIZERS
-
-VIEWS_FORWARD = ("auto", "separate", "concat")  # model.views_forward (vicreg_lightning.module.VICRegModule)
-
-
-@dataclass
-class ViewConfig:
-    """What differs between the two views."""
-
-    blur_prob: float = MISSING
-    solarize_prob: float = MISSING
-
-
-@dataclass
-class AugmentConfig:
-    """``conf/augment``: the augmentations of both views, and the validation transform."""
-
-    size: int = MISSING
-    crop_scale: list[float] = MISSING
-    crop_ratio: list[float] = MISSING
-    hflip_prob: float = MISSING
-    jitter_prob: float = MISSING
-    brightness: float = MISSING
-    contrast: float = MISSING
-    saturation: float = MISSING
-    hue: float = MISSING
-    grayscale_prob: float = MISSING
-    blur_sigma: list[float] = MISSING
-    blur_kernel_size: int = MISSING
-    solarize_threshold: int = MISSING
-    view_a: ViewConfig = MISSING
-    view_b: ViewConfig = MISSING
-    num_local_crops: int = MISSING  # multi-crop: further views, each a small crop, per sample
-    local_size: int = MISSING  # their size in pixels
-    local_crop_scale: list[float] = MISSING  # their share of the image's area
-    view_local: ViewConfig = MISSING  # their blur and solarisation
-    val_resize: int = MISSING  # validation: resize the short side to this, then centre-crop to size
-    mean: list[float] = MISSING
-    std: list[float] = MISSING
-    on_device: bool = MISSING  # both views made on the training device (kornia), not in the workers
-    device_source_size: Optional[int] = MISSING  # folder data with on_device: the stored square's size
-
-
-@dataclass
-class DataConfig:
-    """``conf/data``: one data set of the registry (:data:`~vicreg_lightning.data.catalog.DATASETS`)."""
-
-    name: str = MISSING
-    root: str = MISSING
-    download: bool = MISSING
-    batch_size: int = MISSING  # global: split over devices and nodes
-    micro_batch_size: Optional[int] = MISSING  # per device, None: one pass; exact but a backbone's BatchNorm (micro_batch.py)
-    num_workers: int = MISSING  # -1: chosen from the CPU count
-    pin_memory: bool = MISSING
-    persistent_workers: bool = MISSING
-    prefetch_factor: int = MISSING
-    val_fraction: float = MISSING  # digits, and folders without a val split
-    split_seed: int = MISSING
-    train_dir: str = MISSING  # folder data sets: sub-folders of root
-    val_dir: str = MISSING
-    bad_images: str = MISSING  # folder data sets: files that cannot be images; error or skip
-    input_dir: Optional[str] = MISSING  # data=shards: a local folder or s3:// / gs:// URL of vicreg-shard's output
-    cache_dir: Optional[str] = MISSING  # data=shards from an object store: LitData's chunk cache; None: its default
-    max_cache_size: Optional[str] = MISSING  # that cache's budget (e.g. 100GB); None: LitData's default
-    access: str = MISSING  # data=shards: indexed (any step, any device count) or stream (object stores)
-    remote_timeout_s: Optional[float] = MISSING  # data=shards from an object store: the first answer's deadline
-
-
-@dataclass
-class ModelConfig:
-    """``conf/model``."""
-
-    backbone: Any = MISSING  # a ResNet name, timm:<name>, or {_target_: ...} (vicreg_lightning.backbones)
-    backbone_kwargs: dict[str, Any] = MISSING  # timm: and _target_ backbones: constructor arguments
-    pool: str = MISSING  # auto (the model's own), cls (class token) or avg
-    init_weights: Optional[str] = MISSING  # a local state dict to start the backbone from
-    small_stem: Optional[bool] = MISSING  # ResNets; None: chosen from augment.size (backbones.uses_small_stem)
-    zero_init_residual: bool = MISSING  # ResNets
-    expander: str = MISSING
-    channels_last: Optional[bool] = MISSING  # None: on when CUDA is available, for convolutional backbones
-    compile: bool = MISSING
-    views_forward: str = MISSING
-
-
-@dataclass
-class LossConfig:
-    """``conf/loss``."""
-
-    sim_coeff: float = MISSING
-    std_coeff: float = MISSING
-    cov_coeff: float = MISSING
-    eps: float = MISSING
-    weighting: str = MISSING
-    gather_distributed: bool = MISSING
-
-
-@dataclass
-class OptimConfig:
-    """``conf/optim``."""
-
-    name: str = MISSING
-    base_lr: float = MISSING  # lr = base_lr * global batch / 256
-    weight_decay: float = MISSING
-    momentum: float = MISSING
-    eta: float = MISSING
-    betas: list[float] = MISSING
-    exclude_bias_and_norm: bool = MISSING
-    warmup_epochs: float = MISSING
-    end_lr_ratio: float = MISSING
-    probe_lr: float = MISSING
-    clip_grad_norm: Optional[float] = MISSING  # the encoder's gradient norm, clipped to this; None: off
-
-
-@dataclass
-class PathsConfig:
-    """``conf/paths``."""
-
-    output_dir: str = MISSING
-    data_dir: str = MISSING
-
-
-@dataclass
-class TrainConfig:
-    """``conf/train.yaml``. ``trainer`` holds ``lightning.pytorch.Trainer`` arguments
-    (:func:`check_trainer_arguments`); ``callbacks`` and ``logger``, ``_target_`` entries."""
-
-    data: DataConfig = MISSING
-    augment: AugmentConfig = MISSING
-    model: ModelConfig = MISSING
-    loss: LossConfig = MISSING
-    optim: OptimConfig = MISSING
-    trainer: dict[str, Any] = MISSING
-    callbacks: Optional[dict[str, Any]] = MISSING
-    logger: Optional[dict[str, Any]] = MISSING
-    paths: PathsConfig = MISSING
-    task_name: str = MISSING
-    seed: Optional[int] = MISSING
-    ckpt_path: Optional[str] = MISSING
-    optimized_metric: str = MISSING
-
-
-def register_schemas() -> None:
-    """One structured config per group in Hydra's ConfigStore, as ``schema/<group>``."""
-    from hydra.core.config_store import ConfigStore
-
-    store = ConfigStore.instance()
-    for group, (schema, _) in SECTIONS.items():
-        store.store(group="schema", name=group, node=schema)
-
-
-def preset(group: str, option: str, *changes: str) -> dict[str, Any]:
-    """``conf/<group>/<option>.yaml`` as composed, with ``changes`` (``key=value`` within the group),
-    resolved to a plain dict for building parts (``VICRegModule(model=preset("model", "resnet18"), ...)``)."""
-    cfg = compose_train_config("~experiment", f"{group}={option}", *(f"{group}.{change}" for change in changes))
-    return OmegaConf.to_container(cfg[group], resolve=True)
-
-
-def compose_train_config(*overrides: str) -> DictConfig:
-    """``conf/train.yaml`` with ``overrides`` as Hydra composes it, also inside a Hydra job."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    overrides = [*overrides, "paths.output_dir=unused"]
-    if GlobalHydra.instance().is_initialized():  # eval.py, train.py: their search path holds conf/
-        return compose("train", overrides=overrides)
-    with initialize_config_module("vicreg_lightning.conf", version_base="1.3"):
-        return compose("train", overrides=overrides)
 
 
 def merge_into(schema: type, cfg: Any, prefix: str = "") -> DictConfig:
@@ -237,7 +62,7 @@ def check_config(cfg: DictConfig) -> DictConfig:
     """The composed config merged into :class:`TrainConfig` and checked, or a :class:`ConfigError`
     naming the key."""
     typed = merge_into(TrainConfig, cfg)
-    for name, (_, check) in SECTIONS.items():
+    for name, check in CHECKS.items():
         check(typed[name])
     _check_schedule(typed.optim, typed.trainer)
     # What numpy, Python and torch accept as a seed alike (Lightning replaces any other by 0).
@@ -264,9 +89,8 @@ def check_sections(**sections: Any) -> tuple[DictConfig, ...]:
     ``train.py`` checks them (for the tools that read a training run's ``data`` and ``augment``)."""
     checked = []
     for name, section in sections.items():
-        schema, check = SECTIONS[name]
-        typed = merge_into(schema, section, prefix=name)
-        check(typed)
+        typed = merge_into(SCHEMAS[name], section, prefix=name)
+        CHECKS[name](typed)
         checked.append(typed)
     return tuple(checked)
 
@@ -383,13 +207,13 @@ def _check_schedule(optim: DictConfig, trainer: DictConfig) -> None:
                   f"at most trainer.max_epochs ({max_epochs}) epochs; lower it for a short run")
 
 
-SECTIONS: dict[str, tuple[type, Callable[[DictConfig], None]]] = {  # each group's schema and value check
-    "data": (DataConfig, _check_data),
-    "augment": (AugmentConfig, _check_augment),
-    "model": (ModelConfig, _check_model),
-    "loss": (LossConfig, _check_loss),
-    "optim": (OptimConfig, _check_optim),
-    "paths": (PathsConfig, lambda paths: None),  # nothing beyond the schema: any path will do until it is used
+CHECKS: dict[str, Callable[[DictConfig], None]] = {  # each group's value check, beyond its schema
+    "data": _check_data,
+    "augment": _check_augment,
+    "model": _check_model,
+    "loss": _check_loss,
+    "optim": _check_optim,
+    "paths": lambda paths: None,  # nothing beyond the schema: any path will do until it is used
 }
 
 
@@ -412,7 +236,3 @@ def instantiate_entry(spec: Any, where: str) -> Any:
         return instantiate(spec)
     except Exception as e:  # noqa: BLE001 - any constructor error is a config error here
         raise ConfigError(f"{where}: cannot instantiate {spec.get('_target_')}: {e}") from None
-
-
-# On import, as Hydra registers structured configs: the presets of conf/ start from these.
-register_schemas()

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from vicreg_lightning.errors import ConfigError
-from vicreg_lightning.models import build_expander, parse_expander_spec
+from vicreg_lightning.choices import parse_expander_spec
+from vicreg_lightning.expander import build_expander
 
 
 def test_expander_is_official():
@@ -35,8 +36,8 @@ def test_an_expander_too_wide_for_this_machine_is_refused_before_it_is_allocated
     # 512 -> 65536 -> 65536: 4,329 M weights, about 48 GiB to train: more than a 24 GiB machine has.
     with pytest.raises(ConfigError, match=r"model.expander='65536-65536': its 4,329 M weights need 48.4 GiB"):
         build_expander(512, "65536-65536")
-    monkeypatch.setattr("vicreg_lightning.models.available_memory", lambda: 10 * 2**20)
+    monkeypatch.setattr("vicreg_lightning.expander.available_memory", lambda: 10 * 2**20)
     with pytest.raises(ConfigError, match=r"model.expander='1024-1024'.*\(0.0 GiB available\)"):
         build_expander(512, "1024-1024")
-    monkeypatch.setattr("vicreg_lightning.models.available_memory", lambda: None)
+    monkeypatch.setattr("vicreg_lightning.expander.available_memory", lambda: None)
     assert build_expander(512, "1024-1024")[0].out_features == 1024
