@@ -1,10 +1,10 @@
-"""The Optuna search engine (vicreg_lightning/hparams_search): its versions, its space, seeds and
-checks in-process; parallel workers, label-free pruning and a killed worker on real searches."""
+"""The Optuna search engine (vicreg_lightning/hparams_search) on real searches: parallel workers,
+label-free pruning, a killed worker, a metric typo. How much faster 2 workers are than 1 is
+measured by benchmarks/bench_search.py, not asserted here (this machine's cores are shared)."""
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -18,13 +18,20 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from tests.runs import CONF, ROOT, TINY, compose_train
+from vicreg_lightning.cli import sweep_summary
 from vicreg_lightning.errors import UserError
 from vicreg_lightning.hparams_search.pruning import check_metric, logged_metrics
 from vicreg_lightning.hparams_search.space import parse_space
-from vicreg_lightning.hparams_search.study import (StudySettings, make_pruner, open_storage, open_study)
+from vicreg_lightning.hparams_search.study import (
+    StudySettings,
+    make_pruner,
+    open_storage,
+    open_study,
+)
 from vicreg_lightning.hparams_search.workers import available_devices, check_workers
-from vicreg_lightning.cli import sweep_summary
 
+pytestmark = pytest.mark.xdist_group("search")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SEARCH = [sys.executable, "-m", "vicreg_lightning.hparams_search.workers"]
 
@@ -54,36 +61,12 @@ def _trials(sweep: Path) -> list[optuna.trial.FrozenTrial]:
 
 
 @pytest.fixture(scope="module")
-def smoke_searches(tmp_path_factory) -> dict[int, tuple[Path, float]]:
-    """The same 6-trial search with 1 worker, then with 2: ``{workers: (sweep dir, seconds)}``."""
-    searches = {}
-    for workers in (1, 2):
-        sweep = tmp_path_factory.mktemp(f"workers{workers}") / "sweep"
-        start = time.monotonic()
-        proc = _search(sweep, workers, *SMOKE_SEARCH)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        searches[workers] = sweep, time.monotonic() - start
-    return searches
-
-
-def _burn(n: int) -> None:
-    while n:
-        n -= 1
-
-
-def _two_processes_to_one(work: int = 10_000_000) -> float:
-    """Wall time of a CPU-bound job split over 2 processes, over the same job in 1: about 0.5 with
-    2 idle cores, about 1 when other processes take the cores."""
-    times = []
-    for parts in (1, 2):
-        start = time.monotonic()
-        procs = [multiprocessing.get_context("fork").Process(target=_burn, args=(work // parts,)) for _ in range(parts)]
-        for proc in procs:
-            proc.start()
-        for proc in procs:
-            proc.join()
-        times.append(time.monotonic() - start)
-    return times[1] / times[0]
+def smoke_search(tmp_path_factory) -> Path:
+    """The 6-trial search on 2 workers: its sweep directory."""
+    sweep = tmp_path_factory.mktemp("workers2") / "sweep"
+    proc = _search(sweep, 2, *SMOKE_SEARCH)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep
 
 
 def test_bad_storage_study_pruner_metric_and_workers_are_refused_in_one_line(tmp_path):
@@ -141,46 +124,36 @@ def test_an_optimized_metric_typo_ends_the_command_before_training_with_the_stud
     assert not list((tmp_path / "sweep").glob("0"))  # no trial started
 
 
-def test_two_workers_run_a_search_faster_than_one_and_every_trial_has_its_run_directory(smoke_searches):
-    for sweep, _ in smoke_searches.values():
-        trials = _trials(sweep)
-        assert len(trials) == 6 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
-        for trial in trials:
-            run_dir = sweep / str(trial.number)
-            assert (run_dir / "metrics.json").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
-            assert not (run_dir / "failure.json").exists()
-            overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
-            assert {f"{key}={value}" for key, value in trial.params.items()} <= set(overrides)
-    workers = {t.user_attrs["worker"] for t in _trials(smoke_searches[2][0])}
-    assert workers == {0, 1}
+def test_two_workers_share_the_trials_and_every_trial_has_its_run_directory(smoke_search):
+    trials = _trials(smoke_search)
+    assert len(trials) == 6 and {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    for trial in trials:
+        run_dir = smoke_search / str(trial.number)
+        assert (run_dir / "metrics.json").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+        assert not (run_dir / "failure.json").exists()
+        overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+        assert {f"{key}={value}" for key, value in trial.params.items()} <= set(overrides)
+    assert {t.user_attrs["worker"] for t in trials} == {0, 1}
     # Every metric a run records is one that the search accepts as a name.
-    sweep = smoke_searches[1][0]
-    recorded = json.loads((sweep / "0" / "metrics.json").read_text())
-    assert set(recorded) <= logged_metrics(OmegaConf.load(sweep / "0" / ".hydra" / "config.yaml"))
-    (_, one), (_, two) = smoke_searches[1], smoke_searches[2]
-    cores = _two_processes_to_one()
-    if cores > 0.8:  # the claim is for a second core to use; measured, not assumed
-        pytest.skip(f"no idle second core now (2 CPU-bound processes take {cores:.2f} x the time of 1); "
-                    f"2 workers {two:.1f} s, 1 worker {one:.1f} s")
-    assert two < one, f"2 workers {two:.1f} s, 1 worker {one:.1f} s"
+    recorded = json.loads((smoke_search / "0" / "metrics.json").read_text())
+    assert set(recorded) <= logged_metrics(OmegaConf.load(smoke_search / "0" / ".hydra" / "config.yaml"))
 
 
-def test_a_collapsing_trial_is_pruned_after_the_warm_up_and_healthy_ones_complete(smoke_searches, tmp_path, capsys):
-    for sweep, _ in smoke_searches.values():
-        by_state = {TrialState.PRUNED: [], TrialState.COMPLETE: []}
-        for trial in _trials(sweep):
-            by_state[trial.state].append(trial)
-            epochs = json.loads((sweep / str(trial.number) / "metrics.json").read_text())["epoch"]
-            if trial.params["model.expander"] == "64-1":
-                assert trial.state == TrialState.PRUNED
-                # Collapsed from the first epoch, but pruned only once the warm-up epoch is over.
-                assert trial.user_attrs["pruned_epoch"] == 2 and epochs == 2  # the run stopped: 2 epochs of 3
-                assert trial.user_attrs["prune_reason"] == "health/embed_rankme=1 < 1.2 after epoch 2"
-                assert trial.user_attrs["last_values"]["health/embed_rankme"] == pytest.approx(1.0)
-            else:
-                assert trial.state == TrialState.COMPLETE and epochs == 3
-        assert by_state[TrialState.PRUNED] and by_state[TrialState.COMPLETE]
-    sweep = smoke_searches[2][0]
+def test_a_collapsing_trial_is_pruned_after_the_warm_up_and_healthy_ones_complete(smoke_search, tmp_path, capsys):
+    sweep = smoke_search
+    by_state = {TrialState.PRUNED: [], TrialState.COMPLETE: []}
+    for trial in _trials(sweep):
+        by_state[trial.state].append(trial)
+        epochs = json.loads((sweep / str(trial.number) / "metrics.json").read_text())["epoch"]
+        if trial.params["model.expander"] == "64-1":
+            assert trial.state == TrialState.PRUNED
+            # Collapsed from the first epoch, but pruned only once the warm-up epoch is over.
+            assert trial.user_attrs["pruned_epoch"] == 2 and epochs == 2  # the run stopped: 2 epochs of 3
+            assert trial.user_attrs["prune_reason"] == "health/embed_rankme=1 < 1.2 after epoch 2"
+            assert trial.user_attrs["last_values"]["health/embed_rankme"] == pytest.approx(1.0)
+        else:
+            assert trial.state == TrialState.COMPLETE and epochs == 3
+    assert by_state[TrialState.PRUNED] and by_state[TrialState.COMPLETE]
     assert sweep_summary([str(sweep), "--out", str(tmp_path)]) == 0
     rows = {row["job"]: row for row in __import__("csv").DictReader((tmp_path / "summary.csv").open())}
     for trial in _trials(sweep):

@@ -1,6 +1,6 @@
 """The report's figures are drawn with matplotlib: the Agg backend (no display), imported on first
 use (it takes a second), and one way to save a figure. Each section draws its own
-(:mod:`.health`, :mod:`.probes`, :mod:`.invariance`, :mod:`.groups`, :mod:`.thresholds`)."""
+(``health``, ``probes``, ``invariance``, ``groups``, ``thresholds`` in :mod:`vicreg_lightning.report`)."""
 
 from __future__ import annotations
 
