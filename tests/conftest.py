@@ -22,7 +22,7 @@ def pytest_configure(config):
         torch.set_num_threads(int(threads))
 
 
-# The runs of minutes start first, one on each worker: xdist (--dist loadgroup, taking groups in
+# The runs of minutes start first, one worker each: xdist (--dist loadgroup, taking groups in
 # collection order with --no-loadscope-reorder) gives each group whole to one worker, and a long
 # group taken last would leave the other worker idle for minutes.
 LONG_RUNS = ("default_run", "digits_vit_run")

@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor, TimeoutError
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,7 @@ def plant_bad_files(folder: Path) -> dict[str, str]:
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(folder / "socket.png"))
     return {"empty.jpg": "an empty file", "notes.jpg": "not an image", "truncated.jpg": "a truncated JPEG",
-            "dangling.png": "a dangling symbolic link", "socket.png": "unreadable"}
+            "dangling.png": "a dangling symbolic link", "socket.png": "not a regular file"}
 
 
 def test_every_kind_of_bad_file_is_found_and_good_images_pass(tmp_path):
@@ -77,4 +78,48 @@ def test_a_symlink_loop_or_a_link_into_the_validation_split_is_refused(tmp_path)
     loop.unlink()
     os.symlink(tmp_path / "val" / "class1", tmp_path / "train" / "class0" / "more")
     with pytest.raises(DataError, match="trained on and validated on"):
+        build_datasets(data)
+    os.unlink(tmp_path / "train" / "class0" / "more")
+    # A link to one file of the validation split, not to its folder.
+    os.symlink(tmp_path / "val" / "class1" / "0.png", tmp_path / "train" / "class1" / "borrowed.png")
+    with pytest.raises(DataError, match=r"borrowed.png' is a symbolic link to .*val/class1/0.png.*trained on and "
+                                        r"validated on; remove the link"):
+        build_datasets(data)
+
+
+def test_a_fifo_named_like_an_image_is_refused_without_waiting_for_a_writer(tmp_path):
+    folder = write_image_folder(tmp_path / "train", classes=1, per_class=2) / "class0"
+    os.mkfifo(folder / "pipe.jpg")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(find_bad_images, sorted(str(p) for p in folder.iterdir()))
+        try:
+            found = pending.result(timeout=30)
+        except TimeoutError:
+            # Release the check that waits on the pipe, so that the test ends.
+            os.close(os.open(folder / "pipe.jpg", os.O_WRONLY | os.O_NONBLOCK))
+            pytest.fail("the check opened the FIFO and waited for a writer")
+    assert found == [(str(folder / "pipe.jpg"), "not a regular file (a FIFO, socket or device)")]
+
+
+def test_a_skip_that_empties_a_class_or_a_class_too_small_to_split_is_refused_naming_it(tmp_path):
+    write_image_folder(tmp_path / "train", classes=3, per_class=4)
+    for image in (tmp_path / "train" / "class2").iterdir():
+        image.write_bytes(b"")
+    data, _ = configs("imagefolder", str(tmp_path), bad_images="skip")
+    with pytest.raises(DataError, match=r"4 of 12 image files cannot be read .*which leaves class 'class2' without an "
+                                        r"image; fix or remove its files, or remove the class folder"):
+        build_datasets(data)
+    for image in list((tmp_path / "train" / "class2").iterdir())[1:]:
+        image.unlink()
+    (tmp_path / "train" / "class2" / "0.png").write_bytes((tmp_path / "train" / "class0" / "0.png").read_bytes())
+    with pytest.raises(DataError, match=r"class 'class2' of train/ has one image, too few to split off validation "
+                                        r"images \(no val/ folder\)"):
+        build_datasets(data)
+
+
+def test_a_validation_folder_that_is_the_training_folder_is_named_as_such(tmp_path):
+    write_image_folder(tmp_path / "train", classes=2, per_class=4)
+    data, _ = configs("imagefolder", str(tmp_path), val_dir="train")
+    with pytest.raises(DataError, match=r"data.val_dir='train' is data.train_dir: every validation image would be "
+                                        r"trained on"):
         build_datasets(data)

@@ -189,6 +189,10 @@ def without_bad_images(dataset: torchvision.datasets.ImageFolder, bad_images: st
     dataset.targets = [target for _, target in dataset.samples]
     if not dataset.samples:
         raise DataError(f"data.root: {summary}; none is left")
+    emptied = sorted(set(dataset.classes) - {dataset.classes[target] for target in dataset.targets})
+    if emptied:
+        raise DataError(f"data.root: {summary}, which leaves class {', '.join(map(repr, emptied))} without an image; "
+                        "fix or remove its files, or remove the class folder")
     return dataset
 
 
@@ -211,6 +215,9 @@ def folder_with_split(data: Any) -> tuple[Dataset, Dataset, int]:
     """Any ImageFolder; without a ``val_dir`` folder, a seeded stratified split of ``train_dir``."""
     root, train_dir, val_dir, bad_images = data.root, data.train_dir, data.val_dir, data.bad_images
     has_val = (Path(root) / val_dir).is_dir()
+    if has_val and (Path(root) / val_dir).resolve() == (Path(root) / train_dir).resolve():
+        raise DataError(f"data.val_dir={val_dir!r} is data.train_dir: every validation image would be trained on; "
+                        "give another folder, or one that does not exist for a seeded split of the training images")
     train = image_folder(root, train_dir, bad_images, other_splits=[val_dir] if has_val else [])
     if has_val:
         val = image_folder(root, val_dir, bad_images, other_splits=[train_dir])
@@ -223,6 +230,12 @@ def folder_with_split(data: Any) -> tuple[Dataset, Dataset, int]:
     from sklearn.model_selection import train_test_split
     from torch.utils.data import Subset
 
+    counts = np.bincount(train.targets, minlength=len(train.classes))
+    if counts.min() < 2:  # a stratified split puts one image of each class on either side
+        lonely = [name for name, count in zip(train.classes, counts) if count < 2]
+        raise DataError(f"data.root={root!r}: class {', '.join(map(repr, lonely))} of {train_dir}/ has one image, "
+                        f"too few to split off validation images (no {val_dir}/ folder); add images, or give a "
+                        f"{val_dir}/ folder")
     train_idx, val_idx = train_test_split(
         np.arange(len(train)), test_size=data.val_fraction, random_state=data.split_seed, stratify=train.targets
     )

@@ -12,6 +12,7 @@ as phones write motion photos) is decoded, to tell the two apart.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,31 +30,47 @@ _TAIL = 32
 _SHOWN = 5
 
 
+def _inside(real: str, others: Sequence[str]) -> str | None:
+    """The folder of ``others`` that ``real`` is or lies in, or None."""
+    return next((other for other in others if real == other or real.startswith(other + os.sep)), None)
+
+
 def check_folder_walk(folder: Path, other_splits: Sequence[Path] = ()) -> None:
     """Refuse a folder whose walk (symbolic links followed, as torchvision's ImageFolder walks)
-    enters a folder twice, a link loop or two links to one folder, or enters another split."""
+    enters a folder twice, a link loop or two links to one folder, or enters another split
+    through a link to a folder or to a file."""
     seen: dict[str, str] = {}
     others = [os.path.realpath(p) for p in other_splits]
-    for dirpath, _, _ in os.walk(folder, followlinks=True):
+    for dirpath, _, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
             raise DataError(
                 f"{dirpath!r} is {seen[real]!r} again (a symbolic link loop, or two links to one folder): its "
                 "images would be read more than once; remove the link"
             )
-        for other in others:
-            if real == other or real.startswith(other + os.sep):
-                raise DataError(
-                    f"{dirpath!r} leads into {other!r} (a symbolic link): its images would be trained on and "
-                    "validated on; remove the link"
-                )
+        other = _inside(real, others)
+        if other is not None:
+            raise DataError(
+                f"{dirpath!r} leads into {other!r} (a symbolic link): its images would be trained on and "
+                "validated on; remove the link"
+            )
         seen[real] = dirpath
+        for name in filenames if others else ():
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path) and (other := _inside(os.path.realpath(path), others)) is not None:
+                raise DataError(
+                    f"{path!r} is a symbolic link to {os.path.realpath(path)!r} in {other!r}: that image would be "
+                    "trained on and validated on; remove the link"
+                )
 
 
 def _problem(path: str) -> str | None:
     """Why ``path`` cannot be an image, or None."""
     try:
-        size = os.stat(path).st_size
+        status = os.stat(path)
+        if not stat.S_ISREG(status.st_mode):  # opening a FIFO would wait for a writer for ever
+            return "not a regular file (a FIFO, socket or device)"
+        size = status.st_size
         with open(path, "rb") as f:
             head = f.read(_TAIL)
             f.seek(max(0, size - _TAIL))
