@@ -1,6 +1,5 @@
-"""The two-view recipe, in the loader workers (OpenCV) and on the device (kornia): torchvision's crop
-draw, each family applied with its configured probability, drawn independently per sample and per
-view, and the official asymmetry between the views."""
+"""A run whose two views are made on the device (kornia) trains: the augmentation's other
+properties are checked without a run in tests/unit/test_augment.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""What the encoder discards (vicreg_lightning/report/discarded.py): linear read-outs of planted
-attributes, where the right answer is known, and on the pretrained digits encoder."""
+"""What the pretrained digits encoder discards (vicreg_lightning/report/discarded.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""A diverged run stops with one line naming the step and the term, and the training step reads
-nothing from the device between logging steps."""
+"""The training step reads nothing from the device between logging steps."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Offline evaluation: k-NN against a brute-force reference, the linear protocol on separable
-features, ``eval.py`` end to end, bad input, and the default run's representations against a
-randomly initialised backbone's."""
+"""Offline evaluation of real runs: ``eval.py`` end to end, bad input, the k-NN monitor under DDP
+against the offline k-NN, and the default run's representations against a randomly initialised
+backbone's."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Image folders are checked before training: link loops and files that cannot be images are named
-up front instead of failing (or silently training on grey) mid-epoch."""
+"""``train.py`` names a file that cannot be an image in one line, before anything trains (the
+checks themselves: tests/unit/test_files.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Multi-crop VICReg: the generalised loss against a naive loop over views and pairs, the local
-crops the data module makes (in the workers and on the device), and a run that trains with them."""
+"""Multi-crop VICReg: a digits run with two local crops trains and beats random init."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""``python -m vicreg_lightning.report``: the folder it writes, the invariance score's definition,
-the group-distance flag, bad input, and (slow) that pretraining on digits buys invariance to the
-augmentations it was trained with."""
+"""``python -m vicreg_lightning.report`` on real runs: the folder it writes, the invariance table's
+recipe, bad input, and (slow) that pretraining on digits buys invariance to the augmentations it
+was trained with."""
 
 from __future__ import annotations
 

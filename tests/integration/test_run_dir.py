@@ -1,5 +1,6 @@
-"""Nothing saved in a run directory is lost: finished runs stay as they are, a resumed run keeps
-its log."""
+"""Nothing saved in a run directory is lost: finished runs stay as they are, a directory in use,
+another run's checkpoint, an evaluation into a training run's directory and one that cannot be
+written are refused; the config of an attempt that saved nothing is replaced."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``train.py`` as a user runs it: bad input gets one line, and the default run learns digits."""
+"""Bad overrides are told in one line, in-process (the same through ``train.py``:
+tests/integration/test_cli.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """What the encoder discards (vicreg_lightning/report/discarded.py): linear read-outs of planted
-attributes, where the right answer is known, and on the pretrained digits encoder."""
+attributes, where the right answer is known."""
 
 from __future__ import annotations
 

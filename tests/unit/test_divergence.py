@@ -1,5 +1,4 @@
-"""A diverged run stops with one line naming the step and the term, and the training step reads
-nothing from the device between logging steps."""
+"""A diverged run stops with one line naming the first non-finite step and its terms."""
 
 from __future__ import annotations
 

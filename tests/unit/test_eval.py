@@ -1,6 +1,5 @@
-"""Offline evaluation: k-NN against a brute-force reference, the linear protocol on separable
-features, ``eval.py`` end to end, bad input, and the default run's representations against a
-randomly initialised backbone's."""
+"""Offline evaluation without a run: k-NN against a brute-force reference, temperature-weighted
+votes, the linear protocol on separable features, the class-balanced subset and unlabelled images."""
 
 from __future__ import annotations
 

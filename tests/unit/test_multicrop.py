@@ -1,5 +1,5 @@
-"""Multi-crop VICReg: the generalised loss against a naive loop over views and pairs, the local
-crops the data module makes (in the workers and on the device), and a run that trains with them."""
+"""Multi-crop VICReg without a run: the generalised loss against a naive loop over views and pairs,
+and the local crops the data module makes (in the workers and on the device)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""``python -m vicreg_lightning.report``: the folder it writes, the invariance score's definition,
-the group-distance flag, bad input, and (slow) that pretraining on digits buys invariance to the
-augmentations it was trained with."""
+"""The report's measurements on planted data: the invariance score's definition and its extremes,
+the Fréchet distance against the textbook formula, and the group-distance flag."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Nothing saved in a run directory is lost: finished runs stay as they are, a resumed run keeps
-its log."""
+"""A run directory's claim refuses to overwrite saved work, and the CSV log keeps earlier attempts."""
 
 from __future__ import annotations
 

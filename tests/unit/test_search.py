@@ -1,5 +1,5 @@
-"""The Optuna search engine (vicreg_lightning/hparams_search): its versions, its space, seeds and
-checks in-process; parallel workers, label-free pruning and a killed worker on real searches."""
+"""The Optuna search engine (vicreg_lightning/hparams_search) in-process: its versions, its space,
+its seeds, the pruning rule and the summary's ranking."""
 
 from __future__ import annotations
 
