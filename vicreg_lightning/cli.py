@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from vicreg_lightning.error_exit import exit_on_user_error, user_errors_exit
+from vicreg_lightning.error_exit import exit_on_user_error, sweep_job, user_errors_exit
 
 
 def quiet_lightning_console() -> None:
@@ -55,7 +55,21 @@ def _train_job(cfg: Any) -> float | None:
         quiet_lightning_console()
         # The config as composed: the run checks it again, and records it as given.
         metrics = run(cfg)
+    _stop_sweep_if_owed()
     return metrics.get(cfg.optimized_metric)
+
+
+def _stop_sweep_if_owed() -> None:
+    """A grid sweep ends with the preempted exit code after a job that finished holding a SIGTERM
+    (the search records its trial first, then stops: vicreg_lightning/hparams_search/search.py)."""
+    from vicreg_lightning.callbacks.preemption import stop_owed
+    from vicreg_lightning.train import PREEMPTED_EXIT_CODE
+
+    job = sweep_job()
+    if job is None or not stop_owed() or "vicreg_lightning_sweepers" in str(job.sweeper.get("_target_")):
+        return
+    print(f"stopped (SIGTERM) after job {job.job.num} finished; its results are saved", file=sys.stderr)
+    raise SystemExit(PREEMPTED_EXIT_CODE)
 
 
 def _eval_job(cfg: Any) -> None:

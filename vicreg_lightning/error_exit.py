@@ -85,7 +85,7 @@ def exit_on_user_error(entry: Callable[[], Any]) -> Any:
         _exit_with(message)
 
 
-def _sweep_job() -> Any:
+def sweep_job() -> Any:
     """This job's Hydra config when it is one job of a ``-m`` sweep, else None."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -129,7 +129,7 @@ def user_errors_exit(cfg: Any = None) -> Iterator[None]:
     try:
         yield
     except Exception as error:  # noqa: BLE001 - told apart by describe_error
-        job = _sweep_job()
+        job = sweep_job()
         if job is not None:
             raise _record_failed_job(job, error, cfg) from error
         message = None if _tracebacks_wanted() else describe_error(error)

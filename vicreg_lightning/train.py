@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from vicreg_lightning.callbacks.preemption import CheckpointOnPreemption
+from vicreg_lightning.callbacks.preemption import CheckpointOnPreemption, owe_stop
 from vicreg_lightning import slurm
 from vicreg_lightning.checkpoint_io import AtomicCheckpointIO
 from vicreg_lightning.backbones import uses_small_stem
@@ -154,6 +154,7 @@ def _fit(
                 print(f"stopped (SIGTERM or Ctrl-C) at step {trainer.global_step}; resume with: "
                       f"hydra.run.dir={output_dir} ckpt_path=last", file=sys.stderr)
             raise SystemExit(PREEMPTED_EXIT_CODE) from None
+        owe_stop()
     finally:
         # Lightning runs no callback teardown after an exception, and puts its own handlers back.
         for callback in preemption:

@@ -164,6 +164,18 @@ def test_a_collapsing_trial_is_pruned_after_the_warm_up_and_healthy_ones_complet
     assert f"Best: job {best.number}, " in (tmp_path / "summary.md").read_text()
 
 
+def test_sigterm_in_a_trials_last_validation_records_the_finished_trial_and_stops_the_search(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _search(sweep, 1, *TINY, "hydra.sweeper.n_trials=3", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
+                   "callbacks.representation_health=null", "callbacks.search_pruning=null",
+                   "+callbacks.kill._target_=tests.helpers.SignalDuringValidation", "+callbacks.kill.epoch=1")
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert "stopped (SIGTERM) after trial 0 finished and was recorded" in proc.stderr
+    [trial] = _trials(sweep)  # no second trial was started
+    assert trial.state == TrialState.COMPLETE
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["epoch"] == 2
+
+
 def test_a_worker_killed_mid_trial_leaves_a_failed_trial_that_is_retried_and_the_study_completes(tmp_path):
     sweep = tmp_path / "sweep"
     command = [*TINY, "hydra.sweeper.n_trials=3", "trainer.limit_train_batches=2", "hydra.sweeper.heartbeat_interval=1",

@@ -157,3 +157,14 @@ def test_a_stored_optuna_search_killed_after_its_first_trial_continues_the_same_
     assert all((sweep / job / "metrics.json").exists() for job in ("0", "2", "3"))
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert result["best_value"] == max(t.value for t in trials if t.value is not None)
+
+
+def test_sigterm_in_a_grid_jobs_last_validation_ends_the_sweep_after_that_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = train("-m", *TINY, "loss.cov_coeff=1,2", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
+                 "+callbacks.kill._target_=tests.helpers.SignalDuringValidation", "+callbacks.kill.epoch=1",
+                 f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert "stopped (SIGTERM) after job 0 finished; its results are saved" in proc.stderr
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["epoch"] == 2
+    assert not (sweep / "1").exists()  # the next job never started

@@ -10,10 +10,12 @@ from omegaconf import OmegaConf
 
 from tests.runs import ROOT
 from vicreg_lightning.data.datasets import TensorImages
-from vicreg_lightning.errors import DataError
+from vicreg_lightning.errors import ConfigError, DataError
 from vicreg_lightning.evaluate import (
+    KNNEvalConfig,
     class_balanced_subset,
     feature_batches,
+    knn_eval,
     labelled_part,
     linear_eval,
     one_cpu_thread,
@@ -46,6 +48,17 @@ def test_knn_matches_brute_force_reference(k):
     expected = knn_reference(queries, bank, labels, 5, min(k, 113), 0.07)
     np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-4)
     assert (scores.argmax(1).numpy() == expected.argmax(1)).all()
+
+
+def test_more_neighbours_than_training_images_is_refused_naming_k_and_the_bank():
+    train = (torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2]))
+    val = (torch.randn(3, 4), torch.tensor([0, 1, 2]))
+    cfg = KNNEvalConfig(k=[6], temperature=0.07, embeddings=False)
+    assert set(knn_eval(cfg, train, val, 3, torch.device("cpu"))) == {6}  # k equal to the bank: every image votes
+    cfg.k = [2, 7]
+    with pytest.raises(ConfigError, match=r"^eval.knn.k=7: more neighbours than the 6 labelled training images; "
+                                          r"give values of at most 6$"):
+        knn_eval(cfg, train, val, 3, torch.device("cpu"))
 
 
 def test_knn_votes_are_weighted_by_temperature():

@@ -1,7 +1,9 @@
 """The report's measurements on planted data: the invariance score's definition and its extremes,
-the Fréchet distance against the textbook formula, and the group-distance flag."""
+the Fréchet distance against the textbook formula, the group-distance flag, and report.md's tables."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from vicreg_lightning.report import (
     group_stability,
     measure_invariance,
 )
+from vicreg_lightning.report.document import Document
 
 
 def _noise_images(count: int = 64, size: int = 16) -> TensorImages:
@@ -87,3 +90,12 @@ def test_group_distance_flags_the_group_shifted_on_purpose() -> None:
     rows = group_stability(features, None, group_index, [f"g{g}" for g in range(groups)],
                            knn_correct=torch.ones(len(features), dtype=torch.bool))
     assert not any(row.flagged for row in rows)
+
+
+def test_a_bar_in_a_group_name_stays_inside_its_table_cell():
+    doc = Document("report")
+    doc.table(["group", "images"], [["site|A", "12"], ["site B", "7"]])
+    rows = [line for line in doc.markdown().splitlines() if line.startswith("|")]
+    # Markdown splits cells at every "|" not escaped: 2 columns, whatever the names hold.
+    assert [len(re.split(r"(?<!\\)\|", row)) - 2 for row in rows] == [2, 2, 2, 2]
+    assert rows[2] == "| site\\|A | 12 |"

@@ -17,6 +17,20 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from vicreg_lightning import slurm
 from vicreg_lightning.patches import take_stop_request
 
+# A SIGTERM held through a run's last validation lets that run finish, but the process still owes
+# the stop: a sweep must not go on to its next job. train.py notes it; the sweeps honour it.
+_stop_owed = False
+
+
+def owe_stop() -> None:
+    global _stop_owed
+    _stop_owed = True
+
+
+def stop_owed() -> bool:
+    """Whether a run of this process finished with a SIGTERM that it held through its last validation."""
+    return _stop_owed
+
 
 class CheckpointOnPreemption(pl.Callback):
     """Save ``<dirpath>/last.ckpt`` when the run is stopped by SIGTERM (preemption, ``scancel``,

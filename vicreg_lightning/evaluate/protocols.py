@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from vicreg_lightning.errors import ConfigError
 from vicreg_lightning.evaluate.config import KNNEvalConfig, LinearEvalConfig, SemiSupervisedConfig
 from vicreg_lightning.evaluate.data import class_balanced_subset
 from vicreg_lightning.features import Features, make_loader
@@ -123,6 +124,9 @@ def knn_eval(cfg: KNNEvalConfig, train: tuple[Tensor, Tensor], val: tuple[Tensor
     """Top-1/top-5 of weighted k-NN of ``val = (features, labels)`` among ``train``, for each ``k``
     of ``cfg.k``: ``{k: {"acc1", "acc5"}}``."""
     bank, bank_labels = train[0].to(device), train[1].to(device)
+    if max(cfg.k) > len(bank):  # torch.topk would refuse; a smaller bank is a data set's property
+        raise ConfigError(f"eval.knn.k={max(cfg.k)}: more neighbours than the {len(bank)} labelled training images; "
+                          f"give values of at most {len(bank)}")
     results = {}
     for k in cfg.k:
         scores = knn_class_scores(val[0], bank, bank_labels, num_classes, k=k, temperature=cfg.temperature).cpu()

@@ -42,8 +42,8 @@ class Document:
                 lines += [content, ""]
             elif kind == "table":
                 header, rows = content
-                lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
+                lines += [_markdown_row(header), "|" + "---|" * len(header)]
+                lines += [_markdown_row(row) for row in rows] + [""]
             else:
                 name, caption = content
                 lines += [f"![{caption}]({name})", "", f"*{caption}*", ""]
@@ -76,6 +76,11 @@ class Document:
                              f"<figcaption>{inline(caption)}</figcaption></figure>")
         parts.append("</body></html>")
         return "\n".join(parts)
+
+
+def _markdown_row(cells: Sequence[str]) -> str:
+    # A "|" in a cell (a group's name from a metadata CSV) would end the cell early.
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
