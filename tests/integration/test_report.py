@@ -84,6 +84,8 @@ def _bad_inputs(tmp_path: Path, checkpoint: Path) -> list[tuple[list[str], str]]
         ([str(checkpoint), "--data", "nonexistent"], "data.name"),
         ([str(checkpoint), "--out", str(a_file / "report")], "--out"),
         ([str(checkpoint), "--out", str(tmp_path / "r"), "--groups-csv", str(a_file)], "is not 'path,group'"),
+        ([str(checkpoint), "--out", str(tmp_path / "few"), "--max-samples", "2"],
+         "--max-samples=2 leaves no class with 2 validation images: group statistics need 2 images of a group"),
     ]
 
 

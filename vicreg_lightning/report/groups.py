@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from vicreg_lightning.data.catalog import UNLABELED
 from vicreg_lightning.data.datasets import build_datasets
+from vicreg_lightning.errors import UserError
 from vicreg_lightning.features import Features
 from vicreg_lightning.metrics.groups import OUTLIER_NUM_STD, frechet_distance, group_index as index_groups, outlier_flags
 from vicreg_lightning.metrics.health import rankme
@@ -76,6 +77,24 @@ def group_stability(
     for row, flagged in zip(rows, outlier_flags([r.distance for r in rows], num_std), strict=True):
         row.flagged = flagged
     return rows
+
+
+def check_group_sizes(labels: Tensor, metadata: list[str] | None, options: ReportOptions) -> None:
+    """Refuse, before the slow sections, validation images in which no group (a class, or a group of
+    ``--groups-csv``) has the 2 labelled images that its statistics need."""
+    labelled = labels != UNLABELED
+    if metadata is not None:
+        groups = [name for name, keep in zip(metadata, labelled.tolist()) if keep]
+        sizes = torch.bincount(index_groups(groups)[1]) if groups else torch.zeros(0)
+    else:
+        sizes = torch.unique(labels[labelled], return_counts=True)[1]
+    if len(sizes) and int(sizes.max()) >= 2:
+        return
+    if metadata is not None:
+        raise UserError(f"--groups-csv {options.groups_csv}: no group holds 2 labelled validation images: group "
+                        "statistics need 2 images of a group or more; merge groups into larger ones")
+    raise UserError(f"--max-samples={options.max_samples} leaves no class with 2 validation images: group "
+                    "statistics need 2 images of a group or more; give a larger --max-samples")
 
 
 def groups_section(doc: Document, encoder: LoadedEncoder, train: Features, val: Features, names: list[str],

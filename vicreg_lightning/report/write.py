@@ -23,7 +23,7 @@ from vicreg_lightning.report import groups, health, invariance, probes, threshol
 from vicreg_lightning.report.config import ReportOptions
 from vicreg_lightning.report.discarded import discarded_section
 from vicreg_lightning.report.document import Document
-from vicreg_lightning.report.groups import groups_section
+from vicreg_lightning.report.groups import check_group_sizes, groups_section
 from vicreg_lightning.report.health import health_section
 from vicreg_lightning.report.invariance import invariance_section
 from vicreg_lightning.report.metadata import metadata_groups
@@ -82,6 +82,7 @@ def write_report(encoder: LoadedEncoder, out: Path, options: ReportOptions) -> d
         return extract(encoder.backbone, encoder.expander, transformed, device, options.batch_size, workers)
 
     val, train = represent(val_set), represent(train_set)
+    check_group_sizes(val.labels, csv_groups, options)
     probabilities = linear_probe(train.features, train.labels, val.features, num_classes)
     spaces = {space: x for space in SPACES if (x := val.space(space)) is not None}
     architecture = ", ".join(f"{k}={encoder.info[k]}" for k in ("arch", "backbone_kwargs", "pool", "small_stem", "expander")
