@@ -54,14 +54,20 @@ def read_job(job_dir: Path) -> Job:
     sweeper = OmegaConf.load(hydra_file).hydra.get("sweeper", {}) if hydra_file.exists() else {}
     job = Job(job_dir.name, pairs, str(config.get("optimized_metric", "val/probe_acc1")), "incomplete",
               maximize=sweeper.get("direction", "maximize") != "minimize")
-    if (job_dir / PRUNED_FILE).exists():
-        pruned = json.loads((job_dir / PRUNED_FILE).read_text())
-        job.status, job.metrics = "pruned", pruned["values"]
-        job.pruned_epoch, job.prune_reason = pruned["epoch"], pruned["reason"]
-    elif (job_dir / METRICS_FILE).exists():
-        job.status, job.metrics = "finished", json.loads((job_dir / METRICS_FILE).read_text())
-    elif (job_dir / FAILURE_FILE).exists():
-        job.status, job.error = "failed", json.loads((job_dir / FAILURE_FILE).read_text())["error"]
+    try:
+        if (job_dir / PRUNED_FILE).exists():
+            pruned = json.loads((job_dir / PRUNED_FILE).read_text())
+            job.status, job.metrics = "pruned", pruned["values"]
+            job.pruned_epoch, job.prune_reason = pruned["epoch"], pruned["reason"]
+        elif (job_dir / METRICS_FILE).exists():
+            job.status, job.metrics = "finished", json.loads((job_dir / METRICS_FILE).read_text())
+        elif (job_dir / FAILURE_FILE).exists():
+            job.status, job.error = "failed", json.loads((job_dir / FAILURE_FILE).read_text())["error"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        # A file cut short (a disk that filled, a job killed while writing): this job is unreadable,
+        # the sweep's other jobs are still summarised.
+        job.status, job.metrics = "failed", {}
+        job.error = f"its result files cannot be read ({type(error).__name__}: {error}); rerun the job"
     return job
 
 

@@ -108,3 +108,18 @@ def test_the_summary_ranks_finished_jobs_in_the_searchs_direction_then_pruned_th
     assert [job.name for job in ranked(jobs(maximize=False))] == ["0", "2", "1", "3"]
     assert [job.name for job in ranked(jobs(maximize=True))] == ["2", "0", "1", "3"]
     assert best(jobs(maximize=False)).name == "0" and best(jobs(maximize=False)[1:2]) is None
+
+
+def test_a_job_whose_metrics_file_was_cut_short_is_a_failed_row_and_the_others_are_summarised(tmp_path):
+    from vicreg_lightning.sweep_summary import read_sweep
+
+    for name, metrics in (("0", '{"val/probe_acc1": 0.5}'), ("1", ""), ("2", '{"val/probe_acc1": 0.')):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- loss.cov_coeff={name}\n")
+        (tmp_path / name / ".hydra" / "config.yaml").write_text("optimized_metric: val/probe_acc1\n")
+        (tmp_path / name / "metrics.json").write_text(metrics)
+    jobs = {job.name: job for job in read_sweep(tmp_path)}
+    assert jobs["0"].status == "finished" and jobs["0"].objective == 0.5
+    for name in ("1", "2"):
+        assert jobs[name].status == "failed"
+        assert jobs[name].error.startswith("its result files cannot be read (JSONDecodeError")
