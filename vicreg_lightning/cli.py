@@ -62,14 +62,11 @@ def _train_job(cfg: Any) -> float | None:
 def _stop_sweep_if_owed() -> None:
     """A grid sweep ends with the preempted exit code after a job that finished holding a SIGTERM
     (the search records its trial first, then stops: vicreg_lightning/hparams_search/search.py)."""
-    from vicreg_lightning.callbacks.preemption import stop_owed
-    from vicreg_lightning.train import PREEMPTED_EXIT_CODE
+    from vicreg_lightning.callbacks.preemption import end_if_stop_owed
 
     job = sweep_job()
-    if job is None or not stop_owed() or "vicreg_lightning_sweepers" in str(job.sweeper.get("_target_")):
-        return
-    print(f"stopped (SIGTERM) after job {job.job.num} finished; its results are saved", file=sys.stderr)
-    raise SystemExit(PREEMPTED_EXIT_CODE)
+    if job is not None and "vicreg_lightning_sweepers" not in str(job.sweeper.get("_target_")):
+        end_if_stop_owed(f"job {job.job.num} finished; its results are saved")
 
 
 def _eval_job(cfg: Any) -> None:

@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from vicreg_lightning.callbacks.preemption import CheckpointOnPreemption, owe_stop
+from vicreg_lightning.callbacks.preemption import PREEMPTED_EXIT_CODE, CheckpointOnPreemption, owe_stop
 from vicreg_lightning import slurm
 from vicreg_lightning.checkpoint_io import AtomicCheckpointIO
 from vicreg_lightning.backbones import uses_small_stem
@@ -29,7 +29,6 @@ from vicreg_lightning.run_dir import (FAILURE_FILE, METRICS_FILE, claim, held, r
                                       saved_checkpoints, write_metrics)
 
 # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM.
-PREEMPTED_EXIT_CODE = 143
 
 
 def _instantiate_callbacks(section: DictConfig | None) -> list[pl.Callback]:

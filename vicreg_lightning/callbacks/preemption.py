@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vicreg_lightning import slurm
 from vicreg_lightning.patches import take_stop_request
+
+# The exit code of a process stopped by SIGTERM (128 + 15): a scheduler or a sweep must not take
+# a preempted run for a finished one.
+PREEMPTED_EXIT_CODE = 143
 
 # A SIGTERM held through a run's last validation lets that run finish, but the process still owes
 # the stop: a sweep must not go on to its next job. train.py notes it; the sweeps honour it.
@@ -30,6 +35,14 @@ def owe_stop() -> None:
 def stop_owed() -> bool:
     """Whether a run of this process finished with a SIGTERM that it held through its last validation."""
     return _stop_owed
+
+
+def end_if_stop_owed(done: str) -> None:
+    """End the process with :data:`PREEMPTED_EXIT_CODE` if a stop is owed, once ``done`` (what
+    finished and is saved, said on stderr) is."""
+    if _stop_owed:
+        print(f"stopped (SIGTERM) after {done}", file=sys.stderr)
+        raise SystemExit(PREEMPTED_EXIT_CODE)
 
 
 class CheckpointOnPreemption(pl.Callback):

@@ -57,9 +57,12 @@ def check_folder_walk(folder: Path, other_splits: Sequence[Path] = ()) -> None:
         seen[real] = dirpath
         for name in filenames if others else ():
             path = os.path.join(dirpath, name)
-            if os.path.islink(path) and (other := _inside(os.path.realpath(path), others)) is not None:
+            if not os.path.islink(path):
+                continue
+            target = os.path.realpath(path)
+            if (other := _inside(target, others)) is not None:
                 raise DataError(
-                    f"{path!r} is a symbolic link to {os.path.realpath(path)!r} in {other!r}: that image would be "
+                    f"{path!r} is a symbolic link to {target!r} in {other!r}: that image would be "
                     "trained on and validated on; remove the link"
                 )
 

@@ -9,7 +9,6 @@ still running anywhere (a killed process's trial goes stale, is failed and retri
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -104,14 +103,10 @@ class Search:
 def _stop_if_owed(trials: list[optuna.Trial]) -> None:
     """End the search with the preempted exit code once these trials are recorded, if SIGTERM came
     during a trial's last validation (the trial finished; no next one starts)."""
-    from vicreg_lightning.callbacks.preemption import stop_owed
-    from vicreg_lightning.train import PREEMPTED_EXIT_CODE
+    from vicreg_lightning.callbacks.preemption import end_if_stop_owed
 
-    if stop_owed():
-        numbers = ", ".join(str(t.number) for t in trials)
-        print(f"stopped (SIGTERM) after trial {numbers} finished and was recorded; run the same command "
-              "again to continue the study", file=sys.stderr)
-        raise SystemExit(PREEMPTED_EXIT_CODE)
+    numbers = ", ".join(str(t.number) for t in trials)
+    end_if_stop_owed(f"trial {numbers} finished and was recorded; run the same command again to continue the study")
 
 
 def _consecutive(trials: list[optuna.Trial]) -> list[list[optuna.Trial]]:
