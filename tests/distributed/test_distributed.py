@@ -1,12 +1,17 @@
-"""CPUSyncBatchNorm and the DDP child command, in real gloo processes."""
+"""CPUSyncBatchNorm, the DDP child command and the loader workers of a DDP process, with real gloo."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from tests.runs import configs
 from tests.spawn import run_ranks
+from vicreg_lightning.data.datamodule import VICRegDataModule, worker_start_method
 from vicreg_lightning.distributed import CPUSyncBatchNorm, convert_cpu_sync_batchnorm
 from vicreg_lightning.patches import _config_flags
 
@@ -83,3 +88,20 @@ def test_ddp_children_keep_the_config_flags_but_not_the_sweep(argv, kept):
     assert _config_flags(argv) == kept
 
 
+def test_a_ddp_process_starts_its_loader_workers_from_a_forkserver_on_a_python_with_the_fork_bug(tmp_path):
+    # CPython gh-112275 (before 3.11.8): a forked worker can hang for ever on a lock that one of DDP's
+    # threads held at the fork. One process keeps fork (fast, nothing else to wait on).
+    assert worker_start_method() is None
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert worker_start_method() == ("forkserver" if sys.version_info < (3, 11, 8) else None)
+        dm = VICRegDataModule(*configs("digits", size=8, batch_size=16, num_workers=1))
+        dm.setup("fit")
+        loader = dm.val_dataloader()
+        assert (loader.multiprocessing_context is not None) == (sys.version_info < (3, 11, 8))
+        images, labels = next(iter(loader))  # the data set and its transform travel to the worker
+        expected = [dm.val_set[index] for index in range(len(labels))]
+        torch.testing.assert_close(images, torch.stack([image for image, _ in expected]))
+        assert labels.tolist() == [label for _, label in expected]
+    finally:
+        dist.destroy_process_group()

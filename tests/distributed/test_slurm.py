@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import pickle
+import pwd
 import shutil
 import subprocess
 import sys
@@ -39,6 +40,20 @@ def cluster_up() -> None:
     proc = subprocess.run(["sinfo", "--noheader", "--format=%P %a"], capture_output=True, text=True)
     assert proc.returncode == 0 and "up" in proc.stdout, \
         f"sbatch is installed but the cluster does not answer: sudo bash scripts/slurm_cluster.sh\n{proc.stderr}"
+
+
+@pytest.fixture(autouse=True)
+def no_job_left_behind():
+    """A test that fails leaves its jobs running; they would hold the node's CPUs and time out every
+    test after it. The cluster's partitions are the tests' own (scripts/slurm_cluster.sh)."""
+    yield
+    user = os.environ.get("USER") or pwd.getpwuid(os.getuid()).pw_name
+    for partition in ("cpu", "urgent"):
+        subprocess.run(["scancel", f"--partition={partition}", f"--user={user}"], capture_output=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and subprocess.run(
+            ["squeue", "--noheader", "--partition=cpu,urgent", f"--user={user}"], capture_output=True, text=True).stdout.strip():
+        time.sleep(0.5)
 
 
 def job_env() -> dict[str, str]:

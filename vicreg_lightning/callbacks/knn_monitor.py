@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vicreg_lightning.data.catalog import UNLABELED
-from vicreg_lightning.data.datamodule import default_num_workers, ignore_stop_signals
+from vicreg_lightning.data.datamodule import default_num_workers, ignore_stop_signals, worker_start_method
 from vicreg_lightning.data.datasets import Transformed
 from vicreg_lightning.features import extract_features
 from vicreg_lightning.metrics.knn import knn_class_scores
@@ -111,9 +111,10 @@ class KNNMonitor(pl.Callback):
             return (torch.zeros(0, pl_module.feature_dim, device=pl_module.device),
                     torch.zeros(0, dtype=torch.long, device=pl_module.device))
         workers = trainer.datamodule.data_cfg.num_workers
+        workers = workers if workers >= 0 else default_num_workers()
         loader = DataLoader(dataset, batch_size=self.batch_size, worker_init_fn=ignore_stop_signals,
-                            generator=torch.Generator().manual_seed(self.seed),
-                            num_workers=workers if workers >= 0 else default_num_workers())
+                            generator=torch.Generator().manual_seed(self.seed), num_workers=workers,
+                            multiprocessing_context=worker_start_method() if workers > 0 else None)
         encoded = extract_features(pl_module.backbone, None, loader, pl_module.device,
                                    precision=trainer.precision_plugin, on_device=True)
         return encoded.features, encoded.labels

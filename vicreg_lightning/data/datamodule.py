@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import warnings
 from typing import Any
 
@@ -35,6 +36,25 @@ def ignore_stop_signals(worker_id: int) -> None:
 
 def _end_on_the_next_sigterm(signum: int, frame: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# Imported once by the forkserver, so that each worker it forks starts with them loaded.
+_FORKSERVER_PRELOAD = ["torch", "vicreg_lightning.data.augment", "vicreg_lightning.data.datasets"]
+
+
+def worker_start_method() -> str | None:
+    """The loaders' ``multiprocessing_context``: None (fork, Linux's default), or ``forkserver`` in
+    a DDP process on a Python with CPython's fork bug (https://github.com/python/cpython/issues/112275,
+    fixed in 3.11.8 and 3.12). There a child forked while another thread holds the interpreter's
+    runtime lock hangs before it runs a line; DDP's communication threads take that lock, and the
+    rank then waits for ever on a loader worker that never started (seen on a 2-task SLURM job).
+    A forkserver's children are forked from a process that has no such threads."""
+    if sys.version_info >= (3, 11, 8) or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    import multiprocessing
+
+    multiprocessing.set_forkserver_preload(_FORKSERVER_PRELOAD)
+    return "forkserver"
 
 
 def per_device_batch_size(batch: int, world: int) -> int:
@@ -197,6 +217,7 @@ class VICRegDataModule(pl.LightningDataModule):
             persistent_workers=self.data_cfg.persistent_workers and workers > 0,
             prefetch_factor=self.data_cfg.prefetch_factor if workers > 0 else None,
             worker_init_fn=ignore_stop_signals,
+            multiprocessing_context=worker_start_method() if workers > 0 else None,
             # The workers' base seed comes from here, not from the global generator: creating an
             # iterator (as a resumed run does before its first step) must not move the generator
             # that augment.on_device draws from.
@@ -222,7 +243,8 @@ class VICRegDataModule(pl.LightningDataModule):
         # A fresh loader each epoch (StreamLoaders): persistent workers would outlive their loader.
         args = {"batch_size": self.per_device_batch_size, "num_workers": workers, "worker_init_fn": ignore_stop_signals,
                 "pin_memory": self.data_cfg.pin_memory and torch.cuda.is_available(),
-                "prefetch_factor": self.data_cfg.prefetch_factor if workers > 0 else None}
+                "prefetch_factor": self.data_cfg.prefetch_factor if workers > 0 else None,
+                "multiprocessing_context": worker_start_method() if workers > 0 else None}
         # LitData gives each worker its own part of the stream; Lightning cannot see that and warns.
         warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
         self._stream_loaders = StreamLoaders(dataset, lambda: self.trainer.current_epoch, args, self._resume_position)
