@@ -23,6 +23,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from tests import warm
 from vicreg_lightning.config import register_schemas
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,9 +35,10 @@ TWO_EPOCHS = [*TINY, "data.num_workers=1", "trainer.max_epochs=2", "trainer.log_
 
 
 def train(*overrides: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``python train.py <overrides>`` in a subprocess, with ``env`` added to the environment."""
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+    """``python train.py <overrides>`` in a process of its own (:mod:`tests.warm`), with ``env``
+    added to the environment."""
+    return warm.run([sys.executable, str(ROOT / "train.py"), *overrides], timeout=timeout, cwd=ROOT,
+                    env={**os.environ, **(env or {})})
 
 
 def train_here(*overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -92,15 +94,11 @@ def multirun(*overrides: str, env: dict[str, str], timeout: float = 300) -> subp
     """``train.py -m ...`` in its own process group: submitit's local jobs are further processes,
     which a timeout must not leave running."""
     args = [sys.executable, str(ROOT / "train.py"), "-m", *overrides]
-    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
-                          start_new_session=True) as proc:
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            stdout, stderr = proc.communicate()
-            stderr += f"\n[killed after {timeout} s]"
-    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+    try:
+        return warm.run(args, cwd=ROOT, env=env, timeout=timeout, start_new_session=True)
+    except subprocess.TimeoutExpired as expired:
+        return subprocess.CompletedProcess(args, -signal.SIGKILL, expired.stdout or "",
+                                           f"{expired.stderr or ''}\n[killed after {timeout} s]")
 
 
 def tail(proc: subprocess.CompletedProcess, chars: int = 4000) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import warm
 from tests.runs import DDP, KNN_MONITOR, ONE_DEVICE, TINY, TINY_RUN, TINY_VIT, train, train_here, weights
 
 
@@ -119,10 +120,10 @@ def test_two_nodes_of_one_process_train_like_one_node_of_two(tiny_ddp_run, tmp_p
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     run_dir = tmp_path / "run"
-    procs = [subprocess.Popen(
+    procs = [warm.popen(
         [sys.executable, str(ROOT / "train.py"), *TINY_RUN, *DDP, KNN_MONITOR, "trainer.devices=1",
          "trainer.num_nodes=2", f"hydra.run.dir={run_dir}"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT, capture=True, merge=True,
         env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
              "NODE_RANK": str(node), "LOCAL_RANK": "0"}) for node in (0, 1)]
     outputs = [proc.communicate(timeout=300)[0] for proc in procs]

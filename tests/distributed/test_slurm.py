@@ -23,6 +23,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tests import warm
 from tests.runs import ROOT, SLURM_CPU_RECIPE, SLURM_CPU_SWEEP, TWO_EPOCHS, clean_env, multirun, tail, weights
 
 pytestmark = [
@@ -164,16 +165,16 @@ def test_the_sbatch_recipe_requeued_by_usr1_then_preempted_resumes_by_itself_lik
 def test_a_launcher_job_past_its_time_limit_is_requeued_and_resumes(two_epoch_run, tmp_path):
     # submitit's USR2 comes signal_delay_s before the 2-minute limit, while the job waits at step 2.
     sweep, marker = tmp_path / "sweep", tmp_path / "paused"
-    driver = subprocess.Popen(
+    driver = warm.popen(
         [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm", "hydra.launcher.partition=cpu",
          "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=100", *TWO_EPOCHS, *PAUSE_AT_STEP_2,
          f"+callbacks.pause.marker={marker}", f"hydra.sweep.dir={sweep}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=job_env())
+        capture=True, merge=True, cwd=ROOT, env=job_env())
     try:
         wait_until(lambda: driver.poll() is not None, 400, "the sweep to end")
     finally:
         driver.kill()
-    output = driver.stdout.read()
+    output = driver.communicate()[0]
     assert driver.returncode == 0, output[-4000:]
     run_dir = sweep / "0"
     [job_log] = (sweep / "submitit").glob("*/*_0_log.err")

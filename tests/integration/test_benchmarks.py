@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
+from tests import warm
 from tests.runs import ROOT
 def run_benchmark(script: str, *args: str) -> str:
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = warm.run([sys.executable, str(ROOT / "benchmarks" / script), *args], timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 

@@ -10,16 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from tests import warm
 from tests.fake_data import write_image_folder
 from tests.runs import ROOT, train_here
 
 
 def train(*overrides: str, timeout: float = 600) -> tuple[subprocess.CompletedProcess, float]:
     start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *overrides],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-    )
+    proc = warm.run([sys.executable, str(ROOT / "train.py"), *overrides], timeout=timeout, cwd=ROOT)
     return proc, time.monotonic() - start
 
 

@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from tests import warm
 from tests.fake_data import write_stl10
 from tests.runs import ROOT, compose_eval, random_init_export
 from vicreg_lightning.errors import ConfigError, DataError, UserError
@@ -24,8 +25,7 @@ from vicreg_lightning.export import export, load_encoder
 
 
 def eval_cli(*overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "eval.py"), *overrides],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return warm.run([sys.executable, str(ROOT / "eval.py"), *overrides], timeout=timeout, cwd=ROOT)
 
 
 EXPECTED_KEYS = {

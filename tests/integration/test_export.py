@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
 import vicreg_lightning
+from tests import warm
 from tests.runs import ROOT
 from vicreg_lightning.errors import UserError
 from vicreg_lightning.cli import export as export_command
@@ -25,8 +26,7 @@ from vicreg_lightning.backbones import build_resnet
 
 
 def export_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vicreg_lightning.export", *args],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    return warm.run([sys.executable, "-m", "vicreg_lightning.export", *args], timeout=300, cwd=ROOT)
 
 
 def assert_one_error_line(returncode: int, stderr: str, message: str) -> None:

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import runpy
-import subprocess
 import sys
 from pathlib import Path
 from unittest import mock
@@ -17,6 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tests import warm
 from tests.runs import ROOT
 from vicreg_lightning.data.datasets import build_datasets
 from vicreg_lightning.cli import report as report_command
@@ -44,10 +44,10 @@ def tiny_report(tiny_digits_run: Path, tmp_path_factory: pytest.TempPathFactory)
     # One OpenMP thread: the suite runs 2 xdist workers on 2 cores, and a second thread per process
     # oversubscribes them; OpenMP's spin-waiting then makes LAPACK and t-SNE calls up to 300x slower
     # (measured here: eigvalsh of 360x360 in 0.012 s with 1 thread, 4.5 s with 2 on a busy machine).
-    proc = subprocess.run(
+    proc = warm.run(
         [sys.executable, "-m", "vicreg_lightning.report", str(tiny_digits_run / "checkpoints" / "last.ckpt"),
          "--out", str(out), "--groups-csv", str(groups)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import warm
 from tests.runs import ROOT, TINY, TWO_EPOCHS, compose_train, train, train_here, weights
 from vicreg_lightning.config import preset
 
@@ -26,8 +27,8 @@ pytestmark = pytest.mark.xdist_group("resume")
 
 def train_in_own_session(*overrides: str) -> subprocess.CompletedProcess:
     """``train.py`` as the leader of its own process group, which a test may signal whole."""
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT, start_new_session=True)
+    return warm.run([sys.executable, str(ROOT / "train.py"), *overrides], timeout=600, cwd=ROOT,
+                    start_new_session=True)
 
 
 def assert_same_weights(a_dir: Path, b_dir: Path) -> None:
@@ -49,8 +50,8 @@ def straight(two_epoch_run) -> Path:
 def test_a_run_killed_after_its_first_checkpoint_and_resumed_ends_with_the_same_weights(straight, tmp_path):
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TWO_EPOCHS, f"hydra.run.dir={run_dir}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+    proc = warm.popen([sys.executable, str(ROOT / "train.py"), *TWO_EPOCHS, f"hydra.run.dir={run_dir}"], cwd=ROOT,
+                      start_new_session=True)
     deadline = time.monotonic() + 300
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

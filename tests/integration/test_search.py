@@ -17,6 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from tests import warm
 from tests.runs import CONF, ROOT, TINY, compose_train
 from vicreg_lightning.cli import sweep_summary
 from vicreg_lightning.errors import UserError
@@ -52,8 +53,8 @@ def _settings(storage: str, **changes) -> StudySettings:
 def _search(sweep: Path, workers: int, *extra: str, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
     command = [*SEARCH, "--workers", str(workers), *extra, f"hydra.sweep.dir={sweep}"]
     if popen:
-        return subprocess.Popen(command, cwd=ROOT, **popen)
-    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+        return warm.popen(command, cwd=ROOT, **popen)
+    return warm.run(command, cwd=ROOT, timeout=600)
 
 
 def _trials(sweep: Path) -> list[optuna.trial.FrozenTrial]:
@@ -180,7 +181,7 @@ def test_a_worker_killed_mid_trial_leaves_a_failed_trial_that_is_retried_and_the
     sweep = tmp_path / "sweep"
     command = [*TINY, "hydra.sweeper.n_trials=3", "trainer.limit_train_batches=2", "hydra.sweeper.heartbeat_interval=1",
                "hydra.sweeper.grace_period=2", "callbacks.representation_health=null", "callbacks.search_pruning=null"]
-    search = _search(sweep, 2, *command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    search = _search(sweep, 2, *command, capture=True)
     victim, deadline = None, time.monotonic() + 300
     while victim is None and search.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import warm
 from tests.runs import ROOT, TINY, train
 from tests.wandb_records import read_offline_run
 from vicreg_lightning.cli import sweep_summary
@@ -134,8 +135,7 @@ def test_a_stored_optuna_search_killed_after_its_first_trial_continues_the_same_
                f"hydra.sweeper.storage={storage}", *TINY, "callbacks.representation_health=null",
                "callbacks.search_pruning=null", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=2",
                f"hydra.sweep.dir={sweep}"]
-    search = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    search = warm.popen(command, cwd=ROOT, start_new_session=True)
     deadline = time.monotonic() + 300
     while not (sweep / "1").exists() and search.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
