@@ -75,6 +75,15 @@ def write_image_folder(root: Path, classes: int = 3, per_class: int = 6, size: i
     return root
 
 
+def corrupt_png_body(path: Path) -> None:
+    """Zero a PNG's image data in place: its signature and end marker stay, the decoder refuses it."""
+    data = bytearray(path.read_bytes())
+    start = data.find(b"IDAT")
+    length = int.from_bytes(data[start - 4:start], "big")
+    data[start + 4:start + 4 + length] = bytes(length)
+    path.write_bytes(bytes(data))
+
+
 def write_imagenet(root: Path, classes: int = 3, per_class: int = 6, size: int = 40) -> Path:
     """torchvision's prepared ImageNet: ``train/<wnid>/``, ``val/<wnid>/`` and ``meta.bin``."""
     wnids = [f"n{c:08d}" for c in range(classes)]

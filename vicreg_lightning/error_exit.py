@@ -34,7 +34,7 @@ from vicreg_lightning.run_dir import FAILURE_FILE, is_finished, is_first_process
 def describe_error(error: BaseException) -> str | None:
     """One line for an error that is the user's to fix; None for anything else (a bug)."""
     if isinstance(error, UserError):
-        return str(error)
+        return _own_message(str(error))
     if isinstance(error, SearchPathException):  # --config-dir of a folder that is not there
         return f"{str(error).splitlines()[0]}; give --config-dir the folder that holds your presets"
     invalid_yaml = next((e for e in (error, error.__cause__, error.__context__) if isinstance(e, MarkedYAMLError)), None)
@@ -57,6 +57,16 @@ def describe_error(error: BaseException) -> str | None:
             return f"{cause.full_key}: {reason}"
         return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
     return None
+
+
+def _own_message(message: str) -> str:
+    """An error's message; for one raised in a DataLoader worker, the worker's own message, not the
+    report that PyTorch raises it again with in the main process ("Caught DataError in DataLoader
+    worker process 0. Original Traceback ...", ending in the original "<module>.DataError: ...")."""
+    if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+        last = message.rstrip().splitlines()[-1]
+        return last.partition(": ")[2] or last
+    return message
 
 
 def _exit_with(message: str) -> NoReturn:

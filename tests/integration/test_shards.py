@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.fake_data import write_image_folder
+from tests.fake_data import corrupt_png_body, write_image_folder
 from tests.runs import compose_eval, compose_train, configs, weights
 from vicreg_lightning.cli import shard
 from vicreg_lightning.data.catalog import inspect_data
@@ -283,3 +283,17 @@ def test_a_mid_epoch_checkpoint_resumes_only_with_its_own_access(folder_and_shar
         with pytest.raises(ConfigError, match="saved mid-epoch with data.access=.*; resume with that data.access"):
             dm.load_state_dict({"train_position": saved})
         dm.load_state_dict({"train_position": {**saved, "batch": 0}})  # an epoch's start suits both
+
+
+def test_a_file_whose_body_does_not_decode_is_refused_by_vicreg_shard_and_named_if_a_shard_holds_one(
+        tmp_path, capsys):
+    from vicreg_lightning.data.shards import decoded
+
+    root = tmp_path / "images"
+    write_image_folder(root / "train", classes=2, per_class=3, size=24)
+    corrupt_png_body(root / "train" / "class1" / "2.png")
+    line = one_line_exit_2(capsys, lambda: shard([str(root), str(tmp_path / "out")]))
+    assert "class1/2.png: its body does not decode" in line and not (tmp_path / "out" / MANIFEST).exists()
+    # Shards written before the writer decoded every image: the sample is named when it is read.
+    with pytest.raises(DataError, match="sample 7 of s3://bucket/shards/train does not decode .* write the shards again"):
+        decoded({"id": 7, "image": (root / "train" / "class1" / "2.png").read_bytes()}, "s3://bucket/shards/train")

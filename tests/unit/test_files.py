@@ -1,5 +1,6 @@
 """Image folders are checked before training: link loops and files that cannot be images are named
-up front instead of failing (or silently training on grey) mid-epoch."""
+up front instead of failing (or silently training on grey) mid-epoch; a file whose body alone is
+corrupt is named, or read around, when it is read."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from concurrent.futures import ThreadPoolExecutor, TimeoutError
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
-from tests.fake_data import write_image_folder
+from tests.fake_data import corrupt_png_body, write_image_folder
 from tests.runs import configs
-from vicreg_lightning.data.datasets import build_datasets
+from vicreg_lightning.data.datasets import build_datasets, read_rgb
 from vicreg_lightning.data.files import find_bad_images
 from vicreg_lightning.errors import DataError
 
@@ -123,3 +125,28 @@ def test_a_validation_folder_that_is_the_training_folder_is_named_as_such(tmp_pa
     with pytest.raises(DataError, match=r"data.val_dir='train' is data.train_dir: every validation image would be "
                                         r"trained on"):
         build_datasets(data)
+
+
+def test_a_file_whose_body_does_not_decode_is_named_when_read_or_read_in_place_of_with_a_warning(tmp_path, caplog):
+    # Its first and last bytes are a PNG's: the check before training passes it; the decoder does not.
+    write_image_folder(tmp_path / "train", classes=2, per_class=4)
+    corrupt_png_body(tmp_path / "train" / "class1" / "1.png")
+    assert find_bad_images(sorted(str(p) for p in (tmp_path / "train").rglob("*.png"))) == []
+    data, _ = configs("imagefolder", str(tmp_path), val_fraction=0.5)
+    train, val, _ = build_datasets(data)
+    everything = [(subset, index) for subset in (train, val) for index in range(len(subset))]
+    bad = next((subset, index) for subset, index in everything
+               if subset.dataset.samples[subset.indices[index]][0].endswith("class1/1.png"))
+    with pytest.raises(DataError, match=r"class1/1.png: its body does not decode .*set data.bad_images=skip"):
+        bad[0][bad[1]]
+    data.bad_images = "skip"
+    train, val, _ = build_datasets(data)
+    subset = train if bad[0] is train else val
+    with caplog.at_level(logging.WARNING):
+        image, label = subset[bad[1]]
+        again, _ = subset[bad[1]]
+    # The next image of its class folder, with its label; one warning naming both files.
+    assert label == 1 and torch.equal(image, read_rgb(str(tmp_path / "train" / "class1" / "2.png")))
+    assert torch.equal(again, image)
+    [warning] = [r.getMessage() for r in caplog.records if "does not decode" in r.getMessage()]
+    assert "class1/1.png" in warning and "class1/2.png in its place" in warning

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from vicreg_lightning.data.catalog import DATASETS, not_found, split_folder
+from vicreg_lightning.data.catalog import DATASETS, IMG_EXTENSIONS, not_found, split_folder
 from vicreg_lightning.data.files import check_folder_walk, describe_bad_images, find_bad_images
 from vicreg_lightning.errors import DataError
 
@@ -83,14 +84,68 @@ def read_rgb(path: str) -> Tensor:
         return decode_rgb(f.read())
 
 
+class FolderImages:
+    """The loader of image folders (ImageFolder's and ImageNet's): :func:`read_rgb`, and
+    ``data.bad_images``'s rule for a file whose body the decoder refuses. The check before training
+    (:func:`~vicreg_lightning.data.files.find_bad_images`) reads each file's ends, not its body: a
+    file with an image's first and last bytes and a corrupt body (a PNG with a zeroed IDAT chunk) is
+    found when it is read. ``error``: the run stops there with one line naming the file (the last
+    checkpoint kept; ``ckpt_path=last`` continues once it is fixed). ``skip``: the next image of the
+    same class folder is read in its place, so the label stays right and the batch full, with a
+    warning naming both, once per file and loader process.
+
+    A libjpeg decode of a corrupt JPEG body succeeds with a warning (grey blocks where the data is
+    bad): no decoder refuses it, and so neither does this."""
+
+    def __init__(self, bad_images: str) -> None:
+        self.bad_images = bad_images
+        self.skipped: set[str] = set()
+
+    def __call__(self, path: str) -> Tensor:
+        try:
+            return read_rgb(path)
+        except UNDECODABLE as error:
+            problem = f"{path}: its body does not decode ({error})"
+            if self.bad_images != "skip":
+                raise DataError(f"data.root: {problem}; fix or remove it, or set data.bad_images=skip") from None
+            return self._in_place_of(path, problem)
+
+    def _in_place_of(self, path: str, problem: str) -> Tensor:
+        folder, name = os.path.split(path)
+        names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMG_EXTENSIONS))
+        after = names.index(name) + 1 if name in names else 0
+        for other in (os.path.join(folder, n) for n in names[after:] + names[:after]):
+            if other == path or not os.path.isfile(other):  # not a FIFO: opening one waits for a writer
+                continue
+            try:
+                image = read_rgb(other)
+            except UNDECODABLE:
+                continue
+            if path not in self.skipped:
+                self.skipped.add(path)
+                log.warning("data.bad_images=skip: %s; read %s in its place (%d such files in this loader process)",
+                            problem, other, len(self.skipped))
+            return image
+        raise DataError(f"data.root: {problem}, and no other image of {folder!r} decodes; fix or remove its files")
+
+
+# What the decoders raise for a body they cannot read (OpenCV returns None; then Pillow raises).
+UNDECODABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def decode_rgb(encoded: bytes | memoryview) -> Tensor:
     """Decode an encoded image (a file's bytes) to a uint8 RGB ``(3, H, W)`` tensor over
     ``(H, W, 3)`` memory: the one decoder of image folders and shards.
 
     OpenCV first (libjpeg-turbo; about 1.5x Pillow's JPEG decode with the conversion to RGB),
     ignoring EXIF orientation as Pillow and torchvision do; Pillow for what OpenCV cannot read
-    (GIF, palette images with odd modes)."""
-    array = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+    (GIF, palette images with odd modes) and for PNG (the same pixels, a little slower): the libpng
+    under OpenCV prints a corrupt PNG's error to stderr itself, beside the one line that names the
+    file (:class:`FolderImages`)."""
+    array = None
+    if bytes(encoded[:len(_PNG_SIGNATURE)]) != _PNG_SIGNATURE:
+        array = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
     if array is None:
         with Image.open(io.BytesIO(encoded)) as image:
             array = np.array(image.convert("RGB"))
@@ -168,7 +223,7 @@ def image_folder(root: str, split_dir: str, bad_images: str, other_splits: Seque
     folder = split_folder(root, split_dir)
     check_folder_walk(folder, [Path(root) / other for other in other_splits])
     try:
-        dataset = torchvision.datasets.ImageFolder(str(folder), loader=read_rgb)
+        dataset = torchvision.datasets.ImageFolder(str(folder), loader=FolderImages(bad_images))
     except FileNotFoundError as e:
         raise DataError(f"data.root={root!r}: no images in {str(folder)!r} ({e})") from None
     return without_bad_images(dataset, bad_images)
@@ -201,8 +256,8 @@ def imagenet(data: Any) -> tuple[Dataset, Dataset, int]:
     ImageNet cannot be downloaded automatically; torchvision prepares it from the archives."""
     root, bad_images = data.root, data.bad_images
     try:
-        train = torchvision.datasets.ImageNet(root, split="train", loader=read_rgb)
-        val = torchvision.datasets.ImageNet(root, split="val", loader=read_rgb)
+        train = torchvision.datasets.ImageNet(root, split="train", loader=FolderImages(bad_images))
+        val = torchvision.datasets.ImageNet(root, split="val", loader=FolderImages(bad_images))
     except (RuntimeError, FileNotFoundError) as e:
         raise DataError(
             f"data=imagenet: data.root={root!r} does not hold ImageNet in torchvision's layout ({e}); "

@@ -82,10 +82,24 @@ def _claim_output(out: Path, request: dict[str, Any]) -> None:
         shutil.rmtree(out / split, ignore_errors=True)
 
 
+def _read_decodable(path: str) -> bytes:
+    """The file's bytes, once they decode: the check before writing reads each file's ends only, and
+    a corrupt body written into a shard would stop a training run mid-epoch."""
+    from vicreg_lightning.data.datasets import UNDECODABLE, decode_rgb
+
+    encoded = Path(path).read_bytes()
+    try:
+        decode_rgb(encoded)
+    except UNDECODABLE as error:
+        raise DataError(f"{path}: its body does not decode ({error}); fix or remove it, then run the same "
+                        "vicreg-shard command again (it starts this folder over)") from None
+    return encoded
+
+
 def _read_in_order(paths: list[str], threads: int) -> Iterator[bytes]:
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for start in range(0, len(paths), _WINDOW):
-            yield from pool.map(lambda p: Path(p).read_bytes(), paths[start:start + _WINDOW])
+            yield from pool.map(_read_decodable, paths[start:start + _WINDOW])
 
 
 def write_split(folder: Path, paths: list[str], labels: list[int], seed: int, chunk_bytes: str, threads: int,

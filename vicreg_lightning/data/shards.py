@@ -21,7 +21,7 @@ import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
-from vicreg_lightning.data.datasets import decode_rgb
+from vicreg_lightning.data.datasets import UNDECODABLE, decode_rgb
 from vicreg_lightning.data.shard_format import litdata_offline, stored_order
 from vicreg_lightning.errors import DataError
 
@@ -39,6 +39,16 @@ def split_location(data: Any, split: str) -> str:
 def _store_options(data: Any) -> dict[str, Any]:
     """Where LitData caches an object store's chunks, and how much (unused for a local folder)."""
     return {"cache_dir": data.cache_dir, "max_cache_size": data.max_cache_size}
+
+
+def decoded(record: dict[str, Any], location: str) -> Tensor:
+    """The image of a stored record; one that does not decode (shards written before vicreg-shard
+    decoded every image) is a :class:`DataError` naming it."""
+    try:
+        return decode_rgb(record["image"])
+    except UNDECODABLE as error:
+        raise DataError(f"data.input_dir: sample {record['id']} of {location} does not decode ({error}); write the "
+                        "shards again with vicreg-shard, which refuses such a file by name") from None
 
 
 class ShardImages(Dataset):
@@ -76,7 +86,7 @@ class ShardImages(Dataset):
 
     def __getitem__(self, sample_id: int) -> tuple[Tensor, int]:
         record = self.record(sample_id)
-        return decode_rgb(record["image"]), int(record["label"])
+        return decoded(record, self.location), int(record["label"])
 
 
 class StreamViews(StreamingDataset):
@@ -85,14 +95,15 @@ class StreamViews(StreamingDataset):
     of every other loader (``transform``: :class:`~vicreg_lightning.data.augment.Views`)."""
 
     def __init__(self, data: Any, transform: Callable[[Tensor, int, int], Any], seed: int) -> None:
-        super().__init__(split_location(data, "train"), shuffle=True, drop_last=True, seed=seed,
-                         **_store_options(data))
+        self.location = split_location(data, "train")
+        super().__init__(self.location, shuffle=True, drop_last=True, seed=seed, **_store_options(data))
         self.views = transform
 
     def __getitem__(self, index: Any) -> tuple[Any, int]:
         record = super().__getitem__(index)
         # LitData counts epochs from 1 (StreamLoaders sets it from the trainer's, which count from 0).
-        return self.views(decode_rgb(record["image"]), self.current_epoch - 1, record["id"]), record["label"]
+        image = decoded(record, self.location)
+        return self.views(image, self.current_epoch - 1, record["id"]), record["label"]
 
 
 class StreamLoaders:
