@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import json
 import os
 import zipfile
@@ -90,10 +91,22 @@ def write_atomically(path: Path, text: str) -> None:
     replace_atomically(path, lambda f: f.write(text.encode()))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Let ``write`` fill a temporary file beside ``path``, flush it to disk, then rename it over
     ``path``: the old content stays whole until the new one is, whatever fails in between (a full
-    disk, a killed process), also where ``/tmp`` is on another file system than ``path``."""
+    disk, a killed process), also where ``/tmp`` is on another file system than ``path``. The
+    temporary file of a writer killed mid-write (SIGKILL: the OOM killer, a preemption cut short)
+    is removed by the next write of the same file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -104,6 +117,10 @@ def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = stale.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
     # The rename itself reaches the disk with the directory's entry.
     directory = os.open(path.parent, os.O_RDONLY)
     try:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
 
 import pytest
 
 from vicreg_lightning.errors import ConfigError
 from vicreg_lightning.patches import HistoryKeepingCSVLogger
-from vicreg_lightning.run_dir import claim
+from vicreg_lightning.run_dir import claim, replace_atomically
 
 
 def test_claim_refuses_to_overwrite_saved_work(tmp_path):
@@ -45,3 +47,23 @@ def test_the_csv_log_keeps_earlier_attempts_and_drops_the_steps_logged_again(tmp
     assert all(float(row["train/loss"]) == int(row["step"]) for row in rows)
     assert [row["attempt1"] != "" for row in rows] == [True] * 6 + [False] * 6
     assert [row["attempt2"] != "" for row in rows] == [False] * 6 + [True] * 6
+
+
+
+def ended_pid() -> int:
+    """The pid of a process that has ended and been reaped."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_write_removes_the_temporary_file_of_a_writer_killed_mid_write_and_keeps_a_live_ones(tmp_path):
+    target = tmp_path / "last.ckpt"
+    killed = tmp_path / f".last.ckpt.tmp-{ended_pid()}"
+    live = tmp_path / f".last.ckpt.tmp-{os.getppid()}"  # a writer still running
+    other = tmp_path / f".best.ckpt.tmp-{ended_pid()}"  # another file's: its own next write
+    for stale in (killed, live, other):
+        stale.write_bytes(b"half a checkpoint")
+    replace_atomically(target, lambda f: f.write(b"whole"))
+    assert target.read_bytes() == b"whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, live.name, other.name])
