@@ -58,7 +58,7 @@ def _child(argv: list[str], env: dict[str, str], cwd: str, out: str | None, err:
     # As a new interpreter: default signal dispositions, whatever the server inherited.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
-    code = 0
+    code, interrupted = 0, False
     try:
         if argv[0] == "-m":
             sys.argv = [argv[1], *argv[2:]]
@@ -75,18 +75,21 @@ def _child(argv: list[str], env: dict[str, str], cwd: str, out: str | None, err:
             print(exit_.code, file=sys.stderr)
     except KeyboardInterrupt:  # as the interpreter ends: the traceback, then killed by SIGINT
         traceback.print_exc()
-        sys.stderr.flush()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
+        interrupted = True
     except BaseException:  # noqa: BLE001 - printed as the interpreter prints an uncaught error
         traceback.print_exc()
         code = 1
+    # The exit handlers an interpreter runs as it ends (W&B finishing its runs, for one): a forked
+    # child leaves by os._exit, which skips them, and atexit has no public call that runs them.
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
+    if interrupted:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     os._exit(code)
 
 

@@ -11,13 +11,19 @@ flushed to disk, and replaces it by one rename, which the file system does whole
 
 from __future__ import annotations
 
+import errno
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from vicreg_lightning.errors import NoSpaceForCheckpoint
 from vicreg_lightning.run_dir import replace_atomically
+
+# A checkpoint's size when there is none beside it to go by.
+_TYPICAL_CHECKPOINT_BYTES = 64 * 2**20
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -30,5 +36,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         if "://" in str(path):  # remote storage (s3://, gs://): its own transactions
             super().save_checkpoint(checkpoint, path)
-        else:
-            replace_atomically(Path(path), lambda f: torch.save(checkpoint, f))
+            return
+        path = Path(path)
+        try:
+            replace_atomically(path, lambda f: torch.save(checkpoint, f))
+        except (OSError, RuntimeError) as error:  # torch reports a failed write as a RuntimeError
+            saved = list(path.parent.glob("*.ckpt"))
+            if not _out_of_space(error, path.parent, saved):
+                raise
+            if saved:
+                then = "the checkpoints saved before are kept whole: free space, then continue with ckpt_path=last"
+            else:
+                then = "no checkpoint was saved yet: free space, then start again"
+            raise NoSpaceForCheckpoint(
+                f"no space left on the file system of {str(path.parent)!r} to save {path.name} at step "
+                f"{checkpoint.get('global_step', '?')}; {then} (the same hydra.run.dir)") from None
+
+
+def _out_of_space(error: BaseException, folder: Path, saved: list[Path]) -> bool:
+    """Whether a failed write in ``folder`` ran out of space: the error says so, or (torch's writer
+    drops the errno) the file system has less free space than a checkpoint takes."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    size = max((path.stat().st_size for path in saved), default=_TYPICAL_CHECKPOINT_BYTES)
+    return shutil.disk_usage(folder).free < size

@@ -22,5 +22,9 @@ class NonFiniteEmbeddingError(UserError, FloatingPointError):
     """NaN or inf embeddings reached the loss: the run diverged."""
 
 
+class NoSpaceForCheckpoint(UserError, OSError):
+    """A checkpoint could not be written for lack of space; the previous one is kept whole."""
+
+
 class JobFailed(UserError):
     """A job of a ``-m`` sweep failed: recorded in its run directory; the sweep goes on."""

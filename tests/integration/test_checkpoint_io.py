@@ -4,6 +4,7 @@ also when the run directory is on another file system than the temporary directo
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import shutil
@@ -13,6 +14,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,9 +22,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from tests.runs import ROOT
+from tests.runs import ROOT, TWO_EPOCHS, train_here, weights
 from vicreg_lightning import checkpoint_io
 from vicreg_lightning.checkpoint_io import AtomicCheckpointIO
+from vicreg_lightning.errors import NoSpaceForCheckpoint
 from vicreg_lightning.train import build_trainer
 
 
@@ -45,18 +48,19 @@ def test_a_write_that_fails_midway_leaves_the_previous_checkpoint(tmp_path, monk
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint_io.torch, "save", half_then_disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(NoSpaceForCheckpoint, match="no space left .* to save last.ckpt .* kept whole"):
         AtomicCheckpointIO().save_checkpoint(checkpoint(2, 0.5), path)
     monkeypatch.undo()
     assert_whole(path, 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"], "a temporary file was left behind"
 
 
-@pytest.fixture
-def small_file_system(tmp_path):
-    """A 3 MiB tmpfs: another file system than the temporary directory, and one that fills up."""
+@contextmanager
+def tmpfs(size_kib: int):
+    """A tmpfs of ``size_kib``: another file system than the temporary directory, one that fills up."""
     mount_point = Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)], capture_output=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(mount_point)],
+                          capture_output=True)
     if proc.returncode != 0:
         shutil.rmtree(mount_point)
         pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.decode().strip()}); needs root")
@@ -65,6 +69,37 @@ def small_file_system(tmp_path):
     finally:
         subprocess.run(["umount", str(mount_point)], check=True)
         mount_point.rmdir()
+
+
+@pytest.fixture
+def small_file_system():
+    with tmpfs(3 * 1024) as mount_point:
+        yield mount_point
+
+
+QUIET = ("logger=none", "trainer.enable_progress_bar=false")
+
+
+def test_a_run_whose_disk_fills_says_so_in_one_line_keeps_its_checkpoints_and_resumes(two_epoch_run, tmp_path):
+    # Room for the first epoch's two checkpoints (best and last) and half of a third: the second
+    # epoch's first save fails.
+    size = (two_epoch_run / "checkpoints" / "last.ckpt").stat().st_size
+    with tmpfs(int(2.5 * size) // 1024) as disk:
+        run_dir = disk / "run"
+        full = train_here(*TWO_EPOCHS, *QUIET, f"hydra.run.dir={run_dir}")
+        lines = full.stderr.strip().splitlines()
+        assert full.returncode == 2, full.stderr[-3000:]
+        assert len(lines) == 1 and lines[0].startswith("error: no space left on the file system of"), full.stderr
+        assert "kept whole: free space, then continue with ckpt_path=last" in lines[0]
+        assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best-epoch000.ckpt", "last.ckpt"]
+        assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+        assert not (run_dir / "metrics.json").exists()
+        shutil.copytree(run_dir, tmp_path / "run")  # freed: a disk with room
+    resumed = train_here(*TWO_EPOCHS, *QUIET, "ckpt_path=last", f"hydra.run.dir={tmp_path / 'run'}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["step"] == 8
+    straight, after_the_full_disk = weights(two_epoch_run), weights(tmp_path / "run")
+    assert all(torch.equal(straight[name], after_the_full_disk[name]) for name in straight)
 
 
 def test_a_full_disk_on_another_file_system_leaves_the_previous_checkpoint(small_file_system, tmp_path, monkeypatch):

@@ -76,6 +76,9 @@ def _bad_inputs(tmp_path: Path, checkpoint: Path) -> list[tuple[list[str], str]]
     empty.mkdir()
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
+    # Every validation image its own group (the digits' 360: ids 0 to 359).
+    singletons = tmp_path / "singletons.csv"
+    singletons.write_text("path,group\n" + "".join(f"{i},image{i}\n" for i in range(360)))
     return [
         ([str(tmp_path / "no_such.ckpt")], "no such file"),
         ([str(corrupt)], "corrupt"),
@@ -83,9 +86,13 @@ def _bad_inputs(tmp_path: Path, checkpoint: Path) -> list[tuple[list[str], str]]
         ([str(empty)], "checkpoints/last.ckpt"),
         ([str(checkpoint), "--data", "nonexistent"], "data.name"),
         ([str(checkpoint), "--out", str(a_file / "report")], "--out"),
+        # Not writable even for root (the tests' CI user): a read-only --out.
+        ([str(checkpoint), "--out", "/proc/vicreg-report"], "--out '/proc/vicreg-report': cannot write there"),
         ([str(checkpoint), "--out", str(tmp_path / "r"), "--groups-csv", str(a_file)], "is not 'path,group'"),
         ([str(checkpoint), "--out", str(tmp_path / "few"), "--max-samples", "2"],
          "--max-samples=2 leaves no class with 2 validation images: group statistics need 2 images of a group"),
+        ([str(checkpoint), "--out", str(tmp_path / "alone"), "--groups-csv", str(singletons)],
+         "no group holds 2 labelled validation images: group statistics need 2 images of a group or more; merge"),
     ]
 
 
