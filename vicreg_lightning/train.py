@@ -28,7 +28,6 @@ from vicreg_lightning.resume import check_checkpoint, resolve_checkpoint
 from vicreg_lightning.run_dir import (FAILURE_FILE, METRICS_FILE, claim, held, read_metrics, save_job_config,
                                       saved_checkpoints, write_metrics)
 
-# 128 + SIGTERM, what a shell reports for a process ended by SIGTERM.
 
 
 def _instantiate_callbacks(section: DictConfig | None) -> list[pl.Callback]:

@@ -91,10 +91,10 @@ def test_ddp_children_keep_the_config_flags_but_not_the_sweep(argv, kept):
 def test_a_ddp_process_starts_its_loader_workers_from_a_forkserver_on_a_python_with_the_fork_bug(tmp_path):
     # CPython gh-112275 (before 3.11.8): a forked worker can hang for ever on a lock that one of DDP's
     # threads held at the fork. One process keeps fork (fast, nothing else to wait on).
-    assert worker_start_method() is None
+    assert worker_start_method(1) is None
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        assert worker_start_method() == ("forkserver" if sys.version_info < (3, 11, 8) else None)
+        assert worker_start_method(1) == ("forkserver" if sys.version_info < (3, 11, 8) else None)
         dm = VICRegDataModule(*configs("digits", size=8, batch_size=16, num_workers=1))
         dm.setup("fit")
         loader = dm.val_dataloader()

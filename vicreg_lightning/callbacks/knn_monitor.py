@@ -114,7 +114,7 @@ class KNNMonitor(pl.Callback):
         workers = workers if workers >= 0 else default_num_workers()
         loader = DataLoader(dataset, batch_size=self.batch_size, worker_init_fn=ignore_stop_signals,
                             generator=torch.Generator().manual_seed(self.seed), num_workers=workers,
-                            multiprocessing_context=worker_start_method() if workers > 0 else None)
+                            multiprocessing_context=worker_start_method(workers))
         encoded = extract_features(pl_module.backbone, None, loader, pl_module.device,
                                    precision=trainer.precision_plugin, on_device=True)
         return encoded.features, encoded.labels

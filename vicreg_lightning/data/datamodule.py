@@ -42,14 +42,15 @@ def _end_on_the_next_sigterm(signum: int, frame: Any) -> None:
 _FORKSERVER_PRELOAD = ["torch", "vicreg_lightning.data.augment", "vicreg_lightning.data.datasets"]
 
 
-def worker_start_method() -> str | None:
-    """The loaders' ``multiprocessing_context``: None (fork, Linux's default), or ``forkserver`` in
-    a DDP process on a Python with CPython's fork bug (https://github.com/python/cpython/issues/112275,
+def worker_start_method(workers: int) -> str | None:
+    """The ``multiprocessing_context`` of a loader with ``workers`` workers: None (no workers, or
+    fork, Linux's default), or ``forkserver`` in a DDP process on a Python with CPython's fork bug (https://github.com/python/cpython/issues/112275,
     fixed in 3.11.8 and 3.12). There a child forked while another thread holds the interpreter's
     runtime lock hangs before it runs a line; DDP's communication threads take that lock, and the
     rank then waits for ever on a loader worker that never started (seen on a 2-task SLURM job).
     A forkserver's children are forked from a process that has no such threads."""
-    if sys.version_info >= (3, 11, 8) or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if workers == 0 or sys.version_info >= (3, 11, 8) or not (
+            torch.distributed.is_available() and torch.distributed.is_initialized()):
         return None
     import multiprocessing
 
@@ -217,7 +218,7 @@ class VICRegDataModule(pl.LightningDataModule):
             persistent_workers=self.data_cfg.persistent_workers and workers > 0,
             prefetch_factor=self.data_cfg.prefetch_factor if workers > 0 else None,
             worker_init_fn=ignore_stop_signals,
-            multiprocessing_context=worker_start_method() if workers > 0 else None,
+            multiprocessing_context=worker_start_method(workers),
             # The workers' base seed comes from here, not from the global generator: creating an
             # iterator (as a resumed run does before its first step) must not move the generator
             # that augment.on_device draws from.
@@ -244,7 +245,7 @@ class VICRegDataModule(pl.LightningDataModule):
         args = {"batch_size": self.per_device_batch_size, "num_workers": workers, "worker_init_fn": ignore_stop_signals,
                 "pin_memory": self.data_cfg.pin_memory and torch.cuda.is_available(),
                 "prefetch_factor": self.data_cfg.prefetch_factor if workers > 0 else None,
-                "multiprocessing_context": worker_start_method() if workers > 0 else None}
+                "multiprocessing_context": worker_start_method(workers)}
         # LitData gives each worker its own part of the stream; Lightning cannot see that and warns.
         warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
         self._stream_loaders = StreamLoaders(dataset, lambda: self.trainer.current_epoch, args, self._resume_position)

@@ -84,6 +84,11 @@ def read_rgb(path: str) -> Tensor:
         return decode_rgb(f.read())
 
 
+# What the decoders raise for a body they cannot read (OpenCV returns None; then Pillow raises).
+UNDECODABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 class FolderImages:
     """The loader of image folders (ImageFolder's and ImageNet's): :func:`read_rgb`, and
     ``data.bad_images``'s rule for a file whose body the decoder refuses. The check before training
@@ -99,9 +104,11 @@ class FolderImages:
 
     def __init__(self, bad_images: str) -> None:
         self.bad_images = bad_images
-        self.skipped: set[str] = set()
+        # {file that does not decode: the image read in its place}, found once per loader process.
+        self.substitutes: dict[str, str] = {}
 
     def __call__(self, path: str) -> Tensor:
+        path = self.substitutes.get(path, path)
         try:
             return read_rgb(path)
         except UNDECODABLE as error:
@@ -121,17 +128,11 @@ class FolderImages:
                 image = read_rgb(other)
             except UNDECODABLE:
                 continue
-            if path not in self.skipped:
-                self.skipped.add(path)
-                log.warning("data.bad_images=skip: %s; read %s in its place (%d such files in this loader process)",
-                            problem, other, len(self.skipped))
+            self.substitutes[path] = other
+            log.warning("data.bad_images=skip: %s; read %s in its place (%d such files in this loader process)",
+                        problem, other, len(self.substitutes))
             return image
         raise DataError(f"data.root: {problem}, and no other image of {folder!r} decodes; fix or remove its files")
-
-
-# What the decoders raise for a body they cannot read (OpenCV returns None; then Pillow raises).
-UNDECODABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def decode_rgb(encoded: bytes | memoryview) -> Tensor:
