@@ -1,6 +1,8 @@
 """Shared fixtures. Tests run on CPU with no network; GPU-only tests skip without a GPU."""
 
+import json
 import os
+import resource
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,28 @@ import torch
 
 from tests.fake_data import skip_integrity_checks  # noqa: F401  (a fixture)
 from tests.runs import DDP, DEFAULT_RUN, KNN_MONITOR, ONE_DEVICE, TINY_RUN, TINY_VIT, TWO_EPOCHS, trained_run
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--cpu-report", metavar="FILE",
+        help="append each test's CPU seconds to FILE (JSON lines): its worker's and those of the processes the "
+             "worker reaped meanwhile; with WARM_PROCESSES=0 that is every command the test ran, SLURM jobs aside")
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    report = item.config.getoption("--cpu-report")
+    start = _cpu_seconds() if report else 0.0
+    yield
+    if report:
+        with open(report, "a") as f:
+            f.write(json.dumps({"test": item.nodeid, "cpu_s": round(_cpu_seconds() - start, 2)}) + "\n")
 
 
 def pytest_configure(config):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 
 import lightning.pytorch as pl
 
@@ -21,8 +22,9 @@ class FailOnRank(pl.Callback):
 
 class SignalAtStep(pl.Callback):
     """Send a real signal after a given step: to this process, or (``group``) to its whole process
-    group, loader workers included, as a scheduler or a terminal's Ctrl-C does. (Start the run in a
-    session of its own for that: ``start_new_session=True``.)"""
+    group, loader workers included, from another process, as a scheduler or a terminal's Ctrl-C
+    does (a loader worker ends on its main process's own SIGTERM). (Start the run in a session of
+    its own for that: ``start_new_session=True``.)"""
 
     def __init__(self, step: int, signal_name: str = "SIGTERM", group: bool = False) -> None:
         self.step, self.signal, self.group = step, signal.Signals[signal_name], group
@@ -30,7 +32,8 @@ class SignalAtStep(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
         if trainer.global_step == self.step and trainer.is_global_zero:
             if self.group:
-                os.killpg(os.getpgid(0), self.signal)
+                subprocess.run(["kill", f"-{self.signal.name[3:]}", "--", f"-{os.getpgid(0)}"], check=True,
+                               start_new_session=True)
             else:
                 os.kill(os.getpid(), self.signal)
 

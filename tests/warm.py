@@ -1,7 +1,7 @@
 """Our commands (``python train.py ...``, ``python -m vicreg_lightning.report ...``) as processes of
-their own, started warm: forked from a server process that has imported torch, Lightning and the
-package once (multiprocessing's forkserver), where a new interpreter spends seconds of CPU
-importing them for every run, most of what a short test run costs.
+their own, started warm: forked from a server process that has imported torch, torchvision, timm
+and the other heavy libraries once (multiprocessing's forkserver; :data:`PRELOAD`), where a new
+interpreter spends seconds of CPU importing them for every run, most of what a short test run costs.
 
 Each is still a process of its own: its pid, environment, working directory, stdout and stderr,
 exit code (negative for a signal, as subprocess's), signals and, when asked, its own session; it

@@ -78,13 +78,25 @@ def job_state(job: str) -> tuple[str, str]:
     return (out[0], out[1]) if len(out) >= 2 else ("", "")
 
 
+# Seconds a requeued job stays held before the tests start it: an attempt started within a second
+# of the requeue can find its credential still revoked on slurmd (slurmctld then kills it as
+# "non-startable batch job ... Job credential revoked", seen once in six suite runs).
+REQUEUE_SETTLE_S = 3.0
+_held_since: dict[str, float] = {}
+
+
 def start_requeued_jobs_now() -> None:
-    """SLURM holds a requeued job for 120 s (its BeginTime): start every such job now."""
+    """SLURM holds a requeued job for 120 s (its BeginTime): start every such job once it has been
+    held for :data:`REQUEUE_SETTLE_S`."""
     listing = subprocess.run(["squeue", "--noheader", "--states=PENDING", "--format=%i %r"], capture_output=True,
                              text=True).stdout
-    for line in listing.splitlines():
-        job, reason = line.split(maxsplit=1)
-        if reason.strip() == "BeginTime":
+    held = {job for job, reason in (line.split(maxsplit=1) for line in listing.splitlines())
+            if reason.strip() == "BeginTime"}
+    for job in set(_held_since) - held:
+        del _held_since[job]
+    now = time.monotonic()
+    for job in held:
+        if now - _held_since.setdefault(job, now) >= REQUEUE_SETTLE_S:
             subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True)
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import sys
+import threading
 import warnings
 from typing import Any
 
@@ -22,16 +24,37 @@ from vicreg_lightning.memory import available_memory
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """Loader workers leave Ctrl-C and the first SIGTERM to the main process. A scheduler signals
-    every process of a job, and Ctrl-C the terminal's whole process group: a worker that died of it
-    would end the run with a DataLoader error (raised at any point of a step) instead of the
-    checkpoint-and-exit path. The main process shuts its workers down as it exits; a second SIGTERM
-    (what Python sends daemon processes left at exit) ends a worker as usual.
+    """Loader workers leave Ctrl-C and the scheduler's SIGTERM to the main process, and end on a
+    SIGTERM from their main process. A scheduler signals every process of a job, and Ctrl-C the
+    terminal's whole process group: a worker that died of it would end the run with a DataLoader
+    error (raised at any point of a step, a checkpoint being saved included) instead of the
+    checkpoint-and-exit path. Under srun each process of a task gets a preemption's SIGTERM twice
+    (from its step and forwarded by srun), so the sender tells the two apart, not the count: the
+    main process's SIGTERM (what it sends a worker that does not stop, and Python daemon processes
+    left at exit) ends the worker as usual.
 
     Their random state needs no seeding: the augmentation draws from generators keyed by the sample
     (:func:`~vicreg_lightning.data.augment.view_generator`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _end_on_the_next_sigterm)
+    main = multiprocessing.parent_process()  # the rank, also when a forkserver forked the worker
+    if main is None or not hasattr(signal, "sigwaitinfo"):  # no sender to read (macOS): ignore the first
+        signal.signal(signal.SIGTERM, _end_on_the_next_sigterm)
+        return
+    # Blocked in this thread and so in every thread started after it: only the waiter receives it
+    # (a handler, not SIG_IGN, under which the kernel may drop it before the waiter reads it).
+    signal.signal(signal.SIGTERM, _leave_to_the_main_process)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_end_on_sigterm_from, args=(main.pid,), name="sigterm-from-main", daemon=True).start()
+
+
+def _end_on_sigterm_from(main_pid: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != main_pid:
+        pass
+    os._exit(128 + signal.SIGTERM)  # the shell's code for a process ended by SIGTERM
+
+
+def _leave_to_the_main_process(signum: int, frame: Any) -> None:
+    pass
 
 
 def _end_on_the_next_sigterm(signum: int, frame: Any) -> None:
@@ -52,8 +75,6 @@ def worker_start_method(workers: int) -> str | None:
     if workers == 0 or sys.version_info >= (3, 11, 8) or not (
             torch.distributed.is_available() and torch.distributed.is_initialized()):
         return None
-    import multiprocessing
-
     multiprocessing.set_forkserver_preload(_FORKSERVER_PRELOAD)
     return "forkserver"
 
