@@ -135,6 +135,9 @@ def test_two_workers_share_the_trials_and_every_trial_has_its_run_directory(smok
         overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
         assert {f"{key}={value}" for key, value in trial.params.items()} <= set(overrides)
     assert {t.user_attrs["worker"] for t in trials} == {0, 1}
+    # At once, not in turns: a trial of one worker started before a trial of the other ended.
+    assert any(a.user_attrs["worker"] != b.user_attrs["worker"] and a.datetime_start < b.datetime_complete
+               and b.datetime_start < a.datetime_complete for a in trials for b in trials)
     # Every metric a run records is one that the search accepts as a name.
     recorded = json.loads((smoke_search / "0" / "metrics.json").read_text())
     assert set(recorded) <= logged_metrics(OmegaConf.load(smoke_search / "0" / ".hydra" / "config.yaml"))
