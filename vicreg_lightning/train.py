@@ -29,7 +29,6 @@ from vicreg_lightning.run_dir import (FAILURE_FILE, METRICS_FILE, claim, held, r
                                       saved_checkpoints, write_metrics)
 
 
-
 def _instantiate_callbacks(section: DictConfig | None) -> list[pl.Callback]:
     """Instantiate every ``callbacks.<name>`` entry."""
     callbacks = []
