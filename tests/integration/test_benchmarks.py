@@ -72,3 +72,15 @@ def test_bench_data_compares_our_pipeline_with_the_official_one():
     # The same images read from vicreg-shard's shards, against the folder of files.
     assert float(rows["folder of image files"][1]) == 1.0
     assert float(rows["local shards, indexed"][0]) > 0 and float(rows["local shards, stream"][0]) > 0
+
+
+def test_bench_search_measures_one_worker_and_two_on_the_same_search():
+    """The same search timed on 1 worker and on 2 (a failed search ends the benchmark, non-zero); the
+    figure in docs/sweeps.md comes from a full run of it, not from this one."""
+    output = run_benchmark("bench_search.py", "--trials", "2", "--workers", "2")
+    rows = table_rows(output)
+    assert list(rows) == ["1", "2"]
+    assert rows["1"][1] == "**1.00**"
+    one, two = float(rows["1"][0]), float(rows["2"][0])
+    assert one > 0 and two > 0
+    assert float(rows["2"][1].strip("*")) == pytest.approx(two / one, abs=0.01)
