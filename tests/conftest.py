@@ -70,6 +70,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=order)  # stable: within each rank, files and tests keep their order
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    # The dots of a CI log do not say whether the SLURM tests ran against the cluster or were
+    # skipped for want of sbatch; this line does, naming each.
+    outcomes: dict[str, str] = {}
+    for outcome in ("failed", "error", "passed", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if "slurm" in getattr(report, "keywords", {}) and report.nodeid not in outcomes:
+                outcomes[report.nodeid] = outcome
+    if outcomes:
+        counts = ", ".join(f"{list(outcomes.values()).count(o)} {o}" for o in dict.fromkeys(outcomes.values()))
+        terminalreporter.write_line(f"SLURM tests (marker slurm, against the cluster's slurmctld): {counts}")
+        for nodeid, outcome in outcomes.items():
+            terminalreporter.write_line(f"  {outcome.upper()} {nodeid}")
+
+
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``python train.py``: the embedded digits, ResNet-10, 20 epochs (minutes on 2 CPU cores)."""
