@@ -3,6 +3,7 @@
 import json
 import os
 import resource
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -79,8 +80,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
             if "slurm" in getattr(report, "keywords", {}) and report.nodeid not in outcomes:
                 outcomes[report.nodeid] = outcome
     if outcomes:
-        counts = ", ".join(f"{list(outcomes.values()).count(o)} {o}" for o in dict.fromkeys(outcomes.values()))
-        terminalreporter.write_line(f"SLURM tests (marker slurm, against the cluster's slurmctld): {counts}")
+        counts = ", ".join(f"{n} {outcome}" for outcome, n in Counter(outcomes.values()).items())
+        terminalreporter.write_line(f"SLURM tests (marker slurm): {counts}")
         for nodeid, outcome in outcomes.items():
             terminalreporter.write_line(f"  {outcome.upper()} {nodeid}")
 
